@@ -1,0 +1,134 @@
+"""The `edgeq` command: parses arguments and calls the Python API; user errors print as one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edgeq.errors import EdgeqError
+from edgeq.manifest import Manifest
+from edgeq.targets import FORMATS, list_targets
+
+
+def _numbers(cast: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return tuple(cast(v) for v in value.replace("x", ",").split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    return parse
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeq")
+def main() -> None:
+    """Quantize PyTorch vision models into mobile artifacts (.pte, .onnx, .ptl) and check them."""
+    # torch logs a deprecation notice about torchao's enums at import time: not the user's concern.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+@main.command("export")
+@click.option("--target", default="arm64", show_default=True, help="target name (edgeq targets list) or a .toml file")
+@click.option("--model", default=None, help="torchvision:NAME[?k=v], path/file.py:factory, module:factory "
+              "[default: the built-in Fashion-MNIST MobileNetV2-style net]")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict file (loaded weights_only)")
+@click.option("--input-shape", callback=_numbers(int), default=None, help="N,C,H,W, e.g. 1,3,224,224")
+@click.option("--method", type=click.Choice(["static"]), default="static", show_default=True,
+              help="post-training static quantization")
+@click.option("--backend", type=click.Choice(["qnnpack", "x86"]), default=None,
+              help="quantization config [default: the target's]")
+@click.option("--calib-data", default=None, help="image folder or 'fashion-mnist' [default: fashion-mnist]")
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--eval-data", default=None, help="labelled image folder or 'fashion-mnist' (accuracy + checks)")
+@click.option("--check-samples", type=int, default=None,
+              help="held-out images for the host check [default: all eval images, else 200 held-out calibration images]")
+@click.option("--formats", callback=_names, default=",".join(FORMATS), show_default=True)
+@click.option("--precisions", callback=_names, default="int8,fp32", show_default=True)
+@click.option("--per-tensor", is_flag=True, help="per-tensor weights instead of per-channel")
+@click.option("--mean", callback=_numbers(float), default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
+@click.option("--std", callback=_numbers(float), default=None, help="per-channel std")
+@click.option("--resize", type=int, default=None, help="resize the shorter side to this, then center-crop")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--json", "as_json", is_flag=True, help="print manifest.json to stdout")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def export_cmd(target: str, model: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
+               method: str, backend: str | None, calib_data: str | None, calib_samples: int, eval_data: str | None,
+               check_samples: int | None, formats: tuple[str, ...], precisions: tuple[str, ...], per_tensor: bool,
+               mean: tuple[float, ...] | None, std: tuple[float, ...] | None, resize: int | None, out: Path,
+               as_json: bool, quiet: bool) -> None:
+    """Quantize, export every format, check each artifact against the float model on the host."""
+    from edgeq.pipeline import export
+
+    manifest = _run(lambda: export(out, model=model, weights=weights, input_shape=input_shape, target=target,
+                                   method=method, backend=backend, calib_data=calib_data, calib_samples=calib_samples,
+                                   eval_data=eval_data, check_samples=check_samples, formats=formats,
+                                   precisions=precisions, per_channel=not per_tensor, mean=mean, std=std,
+                                   resize=resize, progress=not quiet and not as_json))
+    if as_json:
+        click.echo(manifest.to_json())
+    else:
+        print_summary(manifest, out)
+
+
+@main.group("targets")
+def targets_group() -> None:
+    """The targets edgeq knows (targets/*.toml)."""
+
+
+@targets_group.command("list")
+def targets_list() -> None:
+    table = Table("target", "arch", "qemu -cpu", "backend", "runtimes", "description")
+    for t in _run(list_targets):
+        table.add_row(t.name, t.arch, t.qemu_cpu or "(host)", t.backend, ", ".join(t.runtimes), t.description)
+    Console().print(table)
+
+
+def print_summary(manifest: Manifest, out: Path) -> None:
+    console = Console()
+    table = Table(title=f"{manifest.model['source']} → {out} (target {manifest.target['name']}, "
+                        f"checked on the host, {manifest.data['check']['images']} held-out images)")
+    for col in ("artifact", "size", "÷fp32", "agree", "SQNR dB", "max err", "accuracy", "ok"):
+        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
+    fp32 = {a.format: a.bytes for a in manifest.artifacts if a.precision == "fp32"}
+    for a in manifest.artifacts:
+        c = a.host_check
+        ratio = f"{a.bytes / fp32[a.format]:.2f}×" if a.format in fp32 else "–"
+        if c is None:
+            table.add_row(a.key, _size(a.bytes), ratio, *["–"] * 5)
+            continue
+        table.add_row(a.key, _size(a.bytes), ratio, f"{c.top1_agreement:.2%}",
+                      "identical" if c.sqnr_db is None else f"{c.sqnr_db:.1f}", f"{c.max_abs_err:.3g}",
+                      "–" if c.accuracy is None else f"{c.accuracy:.2%}",
+                      "[green]✓[/]" if c.passed else "[red]✗[/]")
+    console.print(table)
+    if manifest.float_accuracy is not None:
+        console.print(f"float model accuracy: {manifest.float_accuracy:.2%} on {manifest.data['eval']['source']}")
+    console.print(f"export took {manifest.timings_s['total']:.0f} s; manifest: {out / 'manifest.json'}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Call the API; an EdgeqError becomes one line on stderr and exit code 1, no traceback."""
+    try:
+        return fn()
+    except EdgeqError as e:
+        click.echo(f"edgeq: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("edgeq: interrupted; nothing was written", err=True)
+        sys.exit(130)

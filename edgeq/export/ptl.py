@@ -1,0 +1,62 @@
+"""TorchScript-lite .ptl: trace → freeze → mobile passes → _save_for_lite_interpreter.
+
+`optimize_for_mobile` needs a torch built with XNNPACK; the x86 wheels here are not (upstream
+turned it off when PyTorch Mobile was deprecated). Then the passes that need no XNNPACK are
+applied instead, and the manifest says which ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeq.errors import EdgeqError
+from edgeq.export import Runner
+from edgeq.quantize import quantized_engine, quiet
+
+FALLBACK_PASSES = ["freeze (constant propagation, conv-bn folding)", "remove_dropout"]
+
+
+def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, backend: str) -> dict[str, Any]:
+    """`model` is the float model or an FX-quantized one (its packed weights follow `backend`)."""
+    from torch.utils.mobile_optimizer import optimize_for_mobile
+
+    example = torch.zeros(input_shape)
+    with quiet(), quantized_engine(backend), torch.no_grad():
+        try:
+            traced = torch.jit.trace(model.eval(), example)
+        except Exception as e:  # noqa: BLE001 - tracing errors come in many types
+            raise EdgeqError(f"TorchScript tracing failed for .ptl ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}): "
+                             "leave the format out with --formats") from None
+        frozen = torch.jit.freeze(traced)
+        try:
+            mobile = optimize_for_mobile(frozen)
+            details: dict[str, Any] = {"mobile_optimization": "optimize_for_mobile"}
+        except RuntimeError as e:
+            if "XNNPACK" not in str(e):
+                raise
+            torch._C._jit_pass_remove_dropout(frozen._c)
+            mobile = frozen
+            details = {"mobile_optimization": "fallback passes", "passes": FALLBACK_PASSES,
+                       "reason": "optimize_for_mobile unavailable: this torch build has XNNPACK disabled"}
+        mobile._save_for_lite_interpreter(str(path))
+    details["quantized_engine"] = backend
+    return details
+
+
+def load(path: Path, backend: str) -> Runner:
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    with quiet():
+        module = _load_for_lite_interpreter(str(path))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with quiet(), quantized_engine(backend), torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run

@@ -1,0 +1,116 @@
+"""The manifest: the one typed object stages hand each other, saved as DIR/manifest.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import EdgeqError
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+
+
+@dataclass
+class HostCheck:
+    """The artifact run by its own runtime on the host, against the float PyTorch model."""
+
+    samples: int
+    top1_agreement: float
+    sqnr_db: float | None  # None: outputs bit-identical to the float model's
+    max_abs_err: float
+    accuracy: float | None = None
+    passed: bool | None = None  # against the target's thresholds (int8 only; fp32 must match closely)
+
+
+@dataclass
+class Artifact:
+    format: str  # pte | onnx | ptl
+    precision: str  # int8 | fp32
+    path: str  # relative to the manifest's folder
+    bytes: int
+    sha256: str
+    details: dict[str, Any] = field(default_factory=dict)  # per-format facts: delegation, Q/DQ counts, passes
+    host_check: HostCheck | None = None
+    targets: dict[str, Any] = field(default_factory=dict)  # per-target validation results
+
+    @property
+    def key(self) -> str:
+        return f"{self.precision} .{self.format}"
+
+
+@dataclass
+class Manifest:
+    edgeq_version: str
+    created: str
+    versions: dict[str, str]
+    model: dict[str, Any]
+    target: dict[str, Any]
+    method: str
+    quantization: dict[str, Any]
+    preprocess: dict[str, Any]
+    data: dict[str, Any]
+    float_accuracy: float | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)  # host wall time per pipeline stage
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST
+        write_atomic(path, (self.to_json() + "\n").encode())
+        return path
+
+    def artifact(self, fmt: str, precision: str) -> Artifact:
+        for a in self.artifacts:
+            if a.format == fmt and a.precision == precision:
+                return a
+        raise KeyError(f"{precision} .{fmt}")
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Manifest":
+        arts = []
+        for a in d.get("artifacts", []):
+            check = a.get("host_check")
+            arts.append(Artifact(**{**a, "host_check": HostCheck(**check) if check else None}))
+        return Manifest(**{**d, "artifacts": arts})
+
+    @staticmethod
+    def load(folder: Path) -> "Manifest":
+        path = folder / MANIFEST if folder.is_dir() else folder
+        if not path.is_file():
+            raise EdgeqError(f"no {MANIFEST} in {folder}: run edgeq export --out {folder} first")
+        try:
+            return Manifest.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, KeyError, UnicodeDecodeError) as e:
+            raise EdgeqError(f"{path} is not an edgeq manifest ({type(e).__name__}: {e}): re-run edgeq export") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a sibling temp file, fsync, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,193 @@
+"""Quantization: post-training static int8.
+
+Two flows, because the formats need different graphs:
+- PT2E (torchao) on a `torch.export` graph → feeds the .pte and .onnx exporters.
+- FX graph mode (torch.ao, deprecated but the only producer of TorchScript quantized
+  modules) → feeds the .ptl exporter.
+The backend picks the config: "qnnpack" → XNNPACKQuantizer for PT2E (XNNPACK is QNNPACK's
+successor on ARM) and the qnnpack qconfig for FX; "x86" → the x86 quantizer for .onnx and the
+x86 qconfig for FX (.pte keeps the XNNPACK quantizer: see pt2e_quantizer_for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from edgeq.errors import EdgeqError
+from edgeq.graph import export_failure
+
+BACKENDS = ("qnnpack", "x86")
+
+Calibration = Callable[[], Iterator[np.ndarray]]  # yields preprocessed batches, N×C×H×W float32
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    backend: str = "qnnpack"
+    per_channel: bool = True
+    calib_samples: int = 256
+    calib_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise EdgeqError(f"unknown quantization backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.calib_samples < 1:
+            raise EdgeqError("--calib-samples must be at least 1")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the deprecation chatter of torch.ao / TorchScript for the block, not globally."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def quantized_engine(backend: str) -> Iterator[None]:
+    """torch's quantized CPU engine is process-wide: set it for the block, then restore it."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = backend
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def export_graph(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bool = False) -> torch.export.ExportedProgram:
+    """torch.export the model (batch dimension dynamic when asked, so calibration can batch)."""
+    example = torch.zeros((2 if dynamic_batch else 1, *input_shape[1:]))
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    try:
+        with quiet():
+            return torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; all mean "cannot trace"
+        raise export_failure("torch.export", e, None) from None
+
+
+PT2E_QUANTIZERS = ("xnnpack", "x86")
+
+
+def pt2e_quantizer_for(fmt: str, backend: str) -> str:
+    """Which PT2E quantizer feeds a format. XNNPACK is ExecuTorch's CPU delegate on ARM and x86
+    alike, and it cannot compile the x86 quantizer's patterns (XNNCompiler fails at load), so
+    .pte always uses the XNNPACK quantizer; .onnx follows the backend."""
+    return "xnnpack" if fmt == "pte" or backend == "qnnpack" else "x86"
+
+
+def pt2e_quantizer(name: str, per_channel: bool):  # -> torchao Quantizer
+    if name == "xnnpack":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+
+        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    if not per_channel:
+        raise EdgeqError("the x86 quantizer only has per-channel weights: drop --per-tensor or use --backend qnnpack")
+    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+
+
+def quantize_pt2e(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe, quantizer: str,
+                  calibration: Calibration) -> GraphModule:
+    """torch.export → prepare_pt2e → calibrate → convert_pt2e. Returns the converted graph (any batch)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    ep = export_graph(model, input_shape, dynamic_batch=True)
+    graph = ep.module()
+    _split_reused_module_partitions(graph)
+    try:
+        with quiet():
+            prepared = prepare_pt2e(graph, pt2e_quantizer(quantizer, recipe.per_channel))
+    except EdgeqError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise export_failure(f"the {quantizer} PT2E quantizer", e, ep) from None
+    _calibrate(prepared, calibration)
+    with quiet():
+        return convert_pt2e(prepared)
+
+
+def quantize_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,
+                calibration: Calibration) -> nn.Module:
+    """FX graph-mode static quantization with the backend's qconfig (per-channel weights by default)."""
+    from torch.ao.quantization import QConfig, get_default_qconfig, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import default_per_channel_weight_observer
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with quiet(), quantized_engine(recipe.backend):
+        qconfig = get_default_qconfig(recipe.backend)
+        if recipe.per_channel:  # qnnpack's default is per-tensor; its kernels also take per-channel
+            qconfig = QConfig(activation=qconfig.activation, weight=default_per_channel_weight_observer)
+        elif recipe.backend == "x86":
+            raise EdgeqError("the x86 qconfig only has per-channel weights: drop --per-tensor or use --backend qnnpack")
+        # The backend's mapping keeps its fixed-qparams configs (sigmoid, hardsigmoid, …).
+        mapping = get_default_qconfig_mapping(recipe.backend).set_global(qconfig)
+        example = (torch.zeros(input_shape),)
+        model = copy.deepcopy(model).eval()
+        if recipe.backend == "qnnpack":
+            _contiguous_clamps(model)
+        try:
+            prepared = prepare_fx(model, mapping, example)
+        except Exception as e:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python code
+            raise export_failure("FX quantization (symbolic tracing)", e, None) from None
+        _calibrate(prepared, calibration)
+        return convert_fx(prepared)
+
+
+class ContiguousClamp(nn.Module):
+    """Feeds ReLU6/Hardtanh a contiguous tensor. QNNPACK's quantized clamp returns wrong values
+    on channels-last tensors (seen in torch 2.14.1: errors of the full 0..6 range), and its
+    quantized convolutions output channels-last. The copy costs little next to the conv."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x.contiguous())
+
+
+def _contiguous_clamps(model: nn.Module) -> None:
+    for name, child in model.named_children():
+        if isinstance(child, (nn.ReLU6, nn.Hardtanh)):
+            setattr(model, name, ContiguousClamp(child))
+        else:
+            _contiguous_clamps(child)
+
+
+def _calibrate(prepared: nn.Module, calibration: Calibration) -> None:
+    with torch.no_grad():
+        for batch in calibration():
+            prepared(torch.from_numpy(batch))
+
+
+def _split_reused_module_partitions(graph: GraphModule) -> None:
+    """Give each call of a reused ReLU module (torchvision's ResNet calls one ReLU twice per
+    block) its own source partition. Partitions are keyed by module path, so both calls land in
+    one partition with two outputs, and the x86 quantizer's pattern matcher fails ("Input
+    partition has more than one output node")."""
+    calls: dict[str, int] = {}
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or node.target not in (torch.ops.aten.relu.default, torch.ops.aten.relu_.default):
+            continue
+        stack = node.meta.get("nn_module_stack")
+        if not stack or node.meta.get("source_fn_stack"):
+            continue
+        path, cls = list(stack.values())[-1]
+        if cls is nn.ReLU or cls == "torch.nn.modules.activation.ReLU":
+            calls[path] = calls.get(path, 0) + 1
+            node.meta["source_fn_stack"] = [(f"{path}#{calls[path]}", nn.ReLU)]

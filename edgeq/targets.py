@@ -1,0 +1,80 @@
+"""Targets are data: `targets/*.toml` names the arch, the QEMU -cpu, the backend and the runtimes."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import EdgeqError
+from edgeq.quantize import BACKENDS
+
+# The repo's targets/ folder; the wheel carries the same files as package data (see pyproject).
+_CANDIDATE_DIRS = (Path(__file__).resolve().parent.parent / "targets", Path(__file__).resolve().parent / "target_files")
+FORMATS = ("pte", "onnx", "ptl")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_top1_agreement: float = 0.97
+    min_sqnr_db: float = 15.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: str  # "aarch64" or "x86_64"
+    backend: str  # quantization backend: "qnnpack" or "x86"
+    runtimes: tuple[str, ...]
+    qemu_cpu: str | None = None  # None: runs on the host
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["runtimes"] = list(self.runtimes)
+        return d
+
+
+def targets_dir() -> Path:
+    for d in _CANDIDATE_DIRS:
+        if d.is_dir():
+            return d
+    raise EdgeqError("edgeq's targets/ folder is missing: reinstall edgeq")
+
+
+def list_targets() -> list[Target]:
+    return [load_target(p) for p in sorted(targets_dir().glob("*.toml"))]
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """A built-in target by name (arm64, x86_64, …) or the user's own TOML file."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = targets_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in sorted(targets_dir().glob("*.toml")))
+            raise EdgeqError(f"unknown target {name_or_path!r}: use one of {known}, or a path to your own .toml")
+    if not path.is_file():
+        raise EdgeqError(f"target file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EdgeqError(f"target file {path} is not valid TOML: {e}") from None
+    try:
+        target = Target(name=data["name"], description=data.get("description", data["name"]), arch=data["arch"],
+                        backend=data["backend"], runtimes=tuple(data.get("runtimes", FORMATS)),
+                        qemu_cpu=data.get("qemu_cpu"), thresholds=Thresholds(**data.get("thresholds", {})))
+    except KeyError as e:
+        raise EdgeqError(f"target file {path} lacks the key {e.args[0]!r} (needs name, arch, backend)") from None
+    except TypeError as e:
+        raise EdgeqError(f"target file {path} has an unknown threshold: {e}") from None
+    if target.backend not in BACKENDS:
+        raise EdgeqError(f"target file {path}: backend must be one of {', '.join(BACKENDS)}, not {target.backend!r}")
+    if target.arch not in ("aarch64", "x86_64"):
+        raise EdgeqError(f"target file {path}: arch must be aarch64 or x86_64, not {target.arch!r}")
+    unknown = set(target.runtimes) - set(FORMATS)
+    if unknown:
+        raise EdgeqError(f"target file {path}: unknown runtimes {sorted(unknown)}; use {', '.join(FORMATS)}")
+    return target

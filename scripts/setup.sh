@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up edgeq on a fresh Debian/Python 3.11 machine: the full Fashion-MNIST (optional),
+# a virtual environment in .venv, and edgeq with its pinned dependencies. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+  # Optional: without it edgeq uses its bundled subset (1,024 train / 1,000 test images).
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+      || echo "setup: could not install dataset-fashion-mnist; edgeq will use its bundled subset" >&2
+  else
+    echo "setup: dataset-fashion-mnist not installed (needs root apt-get); edgeq will use its bundled subset" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'

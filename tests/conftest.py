@@ -1,0 +1,50 @@
+"""Shared fixtures: one real export of the built-in model (through the installed `edgeq` command),
+reused by the tests that read its artifacts and manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from edgeq.cli import main
+
+EDGEQ = shutil.which("edgeq")
+
+
+@pytest.fixture(scope="session")
+def builtin_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, subprocess.CompletedProcess]:
+    """`edgeq export --target arm64 --out DIR --json` on the built-in default, as a user runs it."""
+    out = tmp_path_factory.mktemp("builtin") / "dist"
+    assert EDGEQ, "the edgeq console script is not installed: pip install -e ."
+    proc = subprocess.run([EDGEQ, "export", "--target", "arm64", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), out, proc
+
+
+def run_cli(*args: str) -> Result:
+    """The CLI in-process (no new interpreter per call: torch imports once)."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def assert_user_error(result: Result, *needles: str) -> str:
+    """Exit code ≠ 0, one line on stderr naming the problem, no traceback."""
+    assert result.exit_code != 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgeq: error: "), lines[0]
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_written(parent: Path, out_name: str = "dist") -> None:
+    assert not (parent / out_name).exists()
+    leftovers = [p.name for p in parent.iterdir() if ".edgeq-" in p.name]
+    assert not leftovers, leftovers
