@@ -91,7 +91,7 @@ class Manifest:
             raise EdgeqError(f"no {MANIFEST} in {folder}: run edgeq export --out {folder} first")
         try:
             return Manifest.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
             raise EdgeqError(f"{path} is not an edgeq manifest ({type(e).__name__}: {e}): re-run edgeq export") from None
 
 

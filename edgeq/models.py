@@ -175,9 +175,12 @@ def load_weights(module: nn.Module, path: Path) -> str:
         raise EdgeqError(f"cannot read weights file {path}: {e.strerror}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise EdgeqError(f"weights file {path} holds pickled objects other than tensors and was refused "
-                         "(loaded with weights_only=True): save it with torch.save(model.state_dict(), path)") from None
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):  # a class or function: pickled code
+            raise EdgeqError(f"weights file {path} holds pickled objects other than tensors and was refused "
+                             "(loaded with weights_only=True): save it with torch.save(model.state_dict(), path)") from None
+        raise EdgeqError(f"weights file {path} is not a PyTorch checkpoint (unpickling failed): "
+                         "save it with torch.save(model.state_dict(), path)") from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... on garbage files
         raise EdgeqError(f"weights file {path} is not a PyTorch checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}): save it with torch.save(model.state_dict(), path)") from None

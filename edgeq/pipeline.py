@@ -76,11 +76,12 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
     calib_set = open_images(calib_data or FASHION_MNIST, "train")
     eval_set = open_images(eval_data, "test") if eval_data else (open_images(FASHION_MNIST, "test") if loaded.builtin else None)
     num_classes = loaded.num_classes
-    for images in (eval_set, calib_set):
-        if images is not None and images.labels is not None and images.classes and len(images.classes) != num_classes:
-            raise EdgeqError(f"{images.description} has {len(images.classes)} classes but the model outputs {num_classes}: "
-                             "use data with the model's classes, or a model built for this data (e.g. ?num_classes=)")
+    if eval_set is not None and eval_set.classes and len(eval_set.classes) != num_classes:
+        raise EdgeqError(f"{eval_set.description} has {len(eval_set.classes)} classes but the model outputs {num_classes}: "
+                         "use data with the model's classes, or a model built for this data (e.g. ?num_classes=)")
     calib_indices, check = _split(calib_set, eval_set, recipe.calib_samples, check_samples)
+    if eval_set is None and calib_set.classes and len(calib_set.classes) != num_classes:
+        check = CheckSet(check.images, check.indices, None)  # calibration labels are not the model's classes
 
     with _progress(progress) as bar, staged_output(out) as stage:
         task = bar.add_task("preprocessing calibration images", total=len(calib_indices))
@@ -133,7 +134,8 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
         float_accuracy = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend, target_spec, bar)
         timings["host_check"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
-        classes = next((s.classes for s in (eval_set, calib_set) if s is not None and s.classes), None)
+        classes = next((s.classes for s in (eval_set, calib_set) if s is not None and s.classes
+                        and len(s.classes) == num_classes), None)
         manifest = Manifest(
             edgeq_version=_version("edgeq"), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             versions={"python": platform.python_version(), **{lib: _version(lib) for lib in LIBRARIES}},
@@ -219,7 +221,11 @@ def _progress(enabled: bool) -> Iterator[Progress]:
     """Progress bars on stderr, so `--json` output on stdout stays clean."""
     with Progress(SpinnerColumn(), TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled) as bar:
-        yield bar
+        try:
+            yield bar
+        except BaseException:
+            bar.live.transient = True  # on failure the error line alone is the output
+            raise
 
 
 def check_output_folder(out: Path) -> None:

@@ -13,6 +13,7 @@ from edgeq.manifest import Manifest
     ("mobilenet_v2", "arm64"),
     ("mobilenet_v3_small", "arm64"),
     ("resnet18", "arm64"),
+    ("mobilenet_v2", "x86_64"),
     ("mobilenet_v3_small", "x86_64"),
     ("resnet18", "x86_64"),
 ])
