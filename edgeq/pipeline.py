@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from edgeq.errors import EdgeqError
 from edgeq.export import load_runner, onnx, pte, ptl
 from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file
 from edgeq.models import LoadedModel, load_model
-from edgeq.quantize import QuantRecipe, pt2e_quantizer_for, quantize_fx, quantize_pt2e
+from edgeq.quantize import QuantRecipe, quantize_fx, quantize_pt2e, quantizer_for
 from edgeq.targets import FORMATS, load_target
 from edgeq.validate import compare
 
@@ -97,20 +97,7 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
                 yield calib[i:i + recipe.calib_batch]
                 bar.advance(t, len(calib[i:i + recipe.calib_batch]))
 
-        quantized: dict[str, torch.nn.Module] = {}  # by quantizer: xnnpack | x86 (PT2E), fx
-        if "int8" in precisions:
-            for fmt in formats:
-                name = "fx" if fmt == "ptl" else pt2e_quantizer_for(fmt, recipe.backend)
-                if name in quantized:
-                    continue
-                t0 = time.perf_counter()
-                if name == "fx":
-                    quantized[name] = quantize_fx(loaded.module, loaded.input_shape, recipe,
-                                                  lambda: calibration(f"FX {recipe.backend}, for .ptl"))
-                else:
-                    quantized[name] = quantize_pt2e(loaded.module, loaded.input_shape, recipe, name,
-                                                    lambda: calibration(f"PT2E {name}"))
-                timings[f"quantize_{name}"] = time.perf_counter() - t0
+        quantized = _quantize(loaded, recipe, formats, calibration, timings) if "int8" in precisions else {}
 
         artifacts = []
         task = bar.add_task("exporting", total=len(formats) * len(precisions))
@@ -118,7 +105,7 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
             for fmt in formats:
                 bar.update(task, description=f"exporting {precision} .{fmt}")
                 t0 = time.perf_counter()
-                quantizer = "fx" if fmt == "ptl" else pt2e_quantizer_for(fmt, recipe.backend)
+                quantizer = quantizer_for(fmt, recipe.backend)
                 source = loaded.module if precision == "fp32" else quantized[quantizer]
                 path = stage / f"model_{precision}.{fmt}"
                 details = _export_one(fmt, source, loaded.input_shape, path, recipe.backend, precision == "int8")
@@ -149,6 +136,22 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
             float_accuracy=float_accuracy, artifacts=artifacts, timings_s={k: round(v, 3) for k, v in timings.items()})
         manifest.write(stage)
     return manifest
+
+
+def _quantize(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str],
+              calibration: Callable[[str], Iterator[np.ndarray]], timings: dict[str, float]) -> dict[str, torch.nn.Module]:
+    """One quantized model per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86)."""
+    quantized: dict[str, torch.nn.Module] = {}
+    for name in dict.fromkeys(quantizer_for(fmt, recipe.backend) for fmt in formats):
+        t0 = time.perf_counter()
+        if name == "fx":
+            quantized[name] = quantize_fx(loaded.module, loaded.input_shape, recipe,
+                                          lambda: calibration(f"FX {recipe.backend}, for .ptl"))
+        else:
+            quantized[name] = quantize_pt2e(loaded.module, loaded.input_shape, recipe, name,
+                                            lambda: calibration(f"PT2E {name}"))
+        timings[f"quantize_{name}"] = time.perf_counter() - t0
+    return quantized
 
 
 def _export_one(fmt: str, model: torch.nn.Module, input_shape: tuple[int, ...], path: Path,

@@ -6,7 +6,7 @@ Two flows, because the formats need different graphs:
   modules) → feeds the .ptl exporter.
 The backend picks the config: "qnnpack" → XNNPACKQuantizer for PT2E (XNNPACK is QNNPACK's
 successor on ARM) and the qnnpack qconfig for FX; "x86" → the x86 quantizer for .onnx and the
-x86 qconfig for FX (.pte keeps the XNNPACK quantizer: see pt2e_quantizer_for).
+x86 qconfig for FX (.pte keeps the XNNPACK quantizer: see quantizer_for).
 """
 
 from __future__ import annotations
@@ -80,10 +80,13 @@ def export_graph(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: 
 PT2E_QUANTIZERS = ("xnnpack", "x86")
 
 
-def pt2e_quantizer_for(fmt: str, backend: str) -> str:
-    """Which PT2E quantizer feeds a format. XNNPACK is ExecuTorch's CPU delegate on ARM and x86
-    alike, and it cannot compile the x86 quantizer's patterns (XNNCompiler fails at load), so
-    .pte always uses the XNNPACK quantizer; .onnx follows the backend."""
+def quantizer_for(fmt: str, backend: str) -> str:
+    """Which quantization flow feeds a format: "fx" for .ptl, else a PT2E quantizer. XNNPACK is
+    ExecuTorch's CPU delegate on ARM and x86 alike, and it cannot compile the x86 quantizer's
+    patterns (XNNCompiler fails at load), so .pte always uses the XNNPACK quantizer; .onnx
+    follows the backend."""
+    if fmt == "ptl":
+        return "fx"
     return "xnnpack" if fmt == "pte" or backend == "qnnpack" else "x86"
 
 

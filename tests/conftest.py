@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from click.testing import CliRunner, Result
 
 from edgeq.cli import main
 
-EDGEQ = shutil.which("edgeq")
+# The console script of the interpreter running the tests (its venv's bin/ may not be on PATH).
+_BESIDE = Path(sys.executable).parent / "edgeq"
+EDGEQ = str(_BESIDE) if _BESIDE.exists() else shutil.which("edgeq")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize import QuantRecipe, pt2e_quantizer_for, quantize_fx, quantize_pt2e, quantized_engine
+from edgeq.quantize import QuantRecipe, quantizer_for, quantize_fx, quantize_pt2e, quantized_engine
 from edgeq.validate import sqnr_db
 
 SHAPE = (1, 1, 28, 28)
@@ -49,9 +49,10 @@ def test_pt2e_inserts_quantize_ops_and_keeps_batch_dynamic(quantizer):
 
 
 def test_quantizer_choice_per_format():
-    assert pt2e_quantizer_for("pte", "x86") == "xnnpack"  # ExecuTorch's CPU delegate is XNNPACK everywhere
-    assert pt2e_quantizer_for("onnx", "x86") == "x86"
-    assert pt2e_quantizer_for("onnx", "qnnpack") == "xnnpack"
+    assert quantizer_for("pte", "x86") == "xnnpack"  # ExecuTorch's CPU delegate is XNNPACK everywhere
+    assert quantizer_for("onnx", "x86") == "x86"
+    assert quantizer_for("onnx", "qnnpack") == "xnnpack"
+    assert quantizer_for("ptl", "x86") == "fx"
 
 
 def test_engine_is_restored():
