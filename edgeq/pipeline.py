@@ -69,6 +69,8 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
     formats = _subset(formats, FORMATS, "--formats")
     precisions = _subset(precisions, PRECISIONS, "--precisions")
     recipe = QuantRecipe(backend=backend or target_spec.backend, per_channel=per_channel, calib_samples=calib_samples)
+    if check_samples is not None and check_samples < 1:
+        raise EdgeqError("--check-samples must be at least 1")
     check_output_folder(out)
 
     loaded = load_model(model, weights, tuple(input_shape) if input_shape else None)
