@@ -27,7 +27,6 @@ from edgeq.errors import EdgeqError
 BUILTIN = "builtin:fashion-mobilenet"
 BUILTIN_WEIGHTS = Path(__file__).parent / "builtin" / "fashion_mobilenet.pt"
 BUILTIN_INPUT_SHAPE = (1, 1, 28, 28)
-TORCHVISION_INPUT_SHAPE = (1, 3, 224, 224)
 TORCHVISION_INPUT_SIZES = {"inception_v3": 299}  # the few classifiers that want another size
 
 
@@ -38,6 +37,7 @@ class LoadedModel:
     input_shape: tuple[int, ...]
     weights: str | None  # path, or None for random initialisation
     weights_sha256: str | None
+    num_classes: int
     builtin: bool = False
 
     def info(self) -> dict[str, Any]:
@@ -45,11 +45,6 @@ class LoadedModel:
                 "input_shape": list(self.input_shape),
                 "parameters": sum(p.numel() for p in self.module.parameters()),
                 "num_classes": self.num_classes}
-
-    @property
-    def num_classes(self) -> int:
-        with torch.no_grad():
-            return int(self.module(torch.zeros(self.input_shape)).shape[-1])
 
 
 def fashion_mobilenet(num_classes: int = 10) -> nn.Sequential:
@@ -82,10 +77,10 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     if shape is None:
         raise EdgeqError(f"model {source} has no default input shape: pass --input-shape N,C,H,W "
                          "(or give the factory's module an INPUT_SHAPE)")
-    check_input_shape(module, shape, source)
+    num_classes = check_input_shape(module, shape, source)
     return LoadedModel(module=module, source=source, input_shape=shape,
                        weights=str(weights) if weights is not None else None,
-                       weights_sha256=digest, builtin=builtin)
+                       weights_sha256=digest, num_classes=num_classes, builtin=builtin)
 
 
 def _build(source: str) -> tuple[nn.Module, tuple[int, ...] | None]:
@@ -204,8 +199,9 @@ def load_weights(module: nn.Module, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) -> None:
-    """Run one forward pass so a wrong shape fails here, with a clear message, not deep in export."""
+def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) -> int:
+    """Run one forward pass so a wrong shape fails here, with a clear message, not deep in export.
+    Returns the number of classes the model outputs."""
     if len(shape) != 4 or any(d <= 0 for d in shape):
         raise EdgeqError(f"input shape {','.join(map(str, shape))} is not N,C,H,W with positive sizes: "
                          "pass --input-shape like 1,3,224,224")
@@ -219,4 +215,5 @@ def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) ->
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise EdgeqError(f"{source} must return one N×classes tensor of logits, got "
                          f"{type(out).__name__}{'' if not isinstance(out, torch.Tensor) else tuple(out.shape)}")
+    return int(out.shape[-1])
 
