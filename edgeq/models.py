@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import importlib.util
 import pickle
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def load_weights(module: nn.Module, path: Path) -> str:
     except OSError as e:
         raise EdgeqError(f"cannot read weights file {path}: {e.strerror}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # the bytes hashed below
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e) or "GLOBAL" in str(e):  # a class or function: pickled code
             raise EdgeqError(f"weights file {path} holds pickled objects other than tensors and was refused "

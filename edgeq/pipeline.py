@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -30,7 +30,7 @@ from edgeq.export import load_runner, onnx, pte, ptl
 from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file
 from edgeq.models import LoadedModel, load_model
 from edgeq.quantize import QuantRecipe, quantize_fx, quantize_pt2e, quantizer_for
-from edgeq.targets import FORMATS, load_target
+from edgeq.targets import FORMATS, Thresholds, load_target
 from edgeq.validate import compare
 
 PRECISIONS = ("int8", "fp32")
@@ -78,12 +78,10 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
     calib_set = open_images(calib_data or FASHION_MNIST, "train")
     eval_set = open_images(eval_data, "test") if eval_data else (open_images(FASHION_MNIST, "test") if loaded.builtin else None)
     num_classes = loaded.num_classes
-    if eval_set is not None and eval_set.classes and len(eval_set.classes) != num_classes:
+    if eval_set is not None and eval_set.classes and not _labels_fit(eval_set, num_classes):
         raise EdgeqError(f"{eval_set.description} has {len(eval_set.classes)} classes but the model outputs {num_classes}: "
                          "use data with the model's classes, or a model built for this data (e.g. ?num_classes=)")
-    calib_indices, check = _split(calib_set, eval_set, recipe.calib_samples, check_samples)
-    if eval_set is None and calib_set.classes and len(calib_set.classes) != num_classes:
-        check = CheckSet(check.images, check.indices, None)  # calibration labels are not the model's classes
+    calib_indices, check = _split(calib_set, eval_set, recipe.calib_samples, check_samples, num_classes)
 
     with _progress(progress) as bar, staged_output(out) as stage:
         task = bar.add_task("preprocessing calibration images", total=len(calib_indices))
@@ -120,11 +118,11 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
         bar.update(task, description="exporting")
 
         t0 = time.perf_counter()
-        float_accuracy = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend, target_spec, bar)
+        float_accuracy = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend,
+                                     target_spec.thresholds, bar)
         timings["host_check"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
-        classes = next((s.classes for s in (eval_set, calib_set) if s is not None and s.classes
-                        and len(s.classes) == num_classes), None)
+        classes = next((s.classes for s in (eval_set, calib_set) if s is not None and _labels_fit(s, num_classes)), None)
         manifest = Manifest(
             edgeq_version=_version("edgeq"), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             versions={"python": platform.python_version(), **{lib: _version(lib) for lib in LIBRARIES}},
@@ -166,7 +164,7 @@ def _export_one(fmt: str, model: torch.nn.Module, input_shape: tuple[int, ...], 
 
 
 def _host_check(loaded: LoadedModel, preprocess: Preprocess, check: CheckSet, artifacts: list[Artifact],
-                stage: Path, backend: str, target, bar: Progress) -> float | None:
+                stage: Path, backend: str, thresholds: Thresholds, bar: Progress) -> float | None:
     """Run every artifact with its own runtime on the held-out images; compare with the float model."""
     runners = {a.key: load_runner(a.format, stage / a.path, backend) for a in artifacts}
     reference, outputs = [], {key: [] for key in runners}
@@ -180,30 +178,37 @@ def _host_check(loaded: LoadedModel, preprocess: Preprocess, check: CheckSet, ar
             bar.advance(task, len(x))
     ref = np.concatenate(reference)
     for a in artifacts:
-        a.host_check = compare(ref, np.stack(outputs[a.key]), check.labels, a.precision, target.thresholds)
+        a.host_check = compare(ref, np.stack(outputs[a.key]), check.labels, a.precision, thresholds)
     return None if check.labels is None else float(np.mean(ref.argmax(-1) == check.labels))
 
 
+def _labels_fit(images: ImageSet, num_classes: int) -> bool:
+    """Whether the set's labels are the model's classes (calibration images may be any images)."""
+    return images.labels is not None and images.classes is not None and len(images.classes) == num_classes
+
+
 def _split(calib_set: ImageSet, eval_set: ImageSet | None, calib_samples: int,
-           check_samples: int | None) -> tuple[range, CheckSet]:
-    """Calibration indices, and the held-out check set: the eval data, else unused calibration images."""
+           check_samples: int | None, num_classes: int) -> tuple[range, CheckSet]:
+    """Calibration indices, and the held-out check set: the eval data, else unused calibration images.
+    Labels come along only where they are the model's classes."""
     if eval_set is not None:
         n = len(eval_set) if check_samples is None else min(check_samples, len(eval_set))
-        return range(min(calib_samples, len(calib_set))), CheckSet(eval_set, range(n), eval_set.labels[:n] if eval_set.labels is not None else None)
+        labels = eval_set.labels[:n] if _labels_fit(eval_set, num_classes) else None
+        return range(min(calib_samples, len(calib_set))), CheckSet(eval_set, range(n), labels)
     held_out = min(check_samples or DEFAULT_HELD_OUT, len(calib_set) // 5)
     if held_out < 1:
         raise EdgeqError(f"{calib_set.description} has {len(calib_set)} images: too few to hold some out for the check; "
                          "add images or pass --eval-data")
     n_calib = min(calib_samples, len(calib_set) - held_out)
-    labels = calib_set.labels[n_calib:n_calib + held_out] if calib_set.labels is not None else None
+    labels = calib_set.labels[n_calib:n_calib + held_out] if _labels_fit(calib_set, num_classes) else None
     return range(n_calib), CheckSet(calib_set, range(n_calib, n_calib + held_out), labels)
 
 
 def _preprocess(loaded: LoadedModel, mean: Sequence[float] | None, std: Sequence[float] | None,
                 resize: int | None) -> Preprocess:
     base = Preprocess.default_for(loaded.input_shape, grayscale_stats=loaded.builtin)
-    return Preprocess(size=base.size, channels=base.channels, resize=resize if resize is not None else base.resize,
-                      mean=tuple(mean) if mean else base.mean, std=tuple(std) if std else base.std)
+    return replace(base, resize=resize if resize is not None else base.resize,
+                   mean=tuple(mean) if mean else base.mean, std=tuple(std) if std else base.std)
 
 
 def _subset(chosen: Sequence[str], allowed: Sequence[str], option: str) -> tuple[str, ...]:

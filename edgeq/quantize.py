@@ -77,9 +77,6 @@ def export_graph(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: 
         raise export_failure("torch.export", e, None) from None
 
 
-PT2E_QUANTIZERS = ("xnnpack", "x86")
-
-
 def quantizer_for(fmt: str, backend: str) -> str:
     """Which quantization flow feeds a format: "fx" for .ptl, else a PT2E quantizer. XNNPACK is
     ExecuTorch's CPU delegate on ARM and x86 alike, and it cannot compile the x86 quantizer's
@@ -112,11 +109,10 @@ def quantize_pt2e(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantR
     ep = export_graph(model, input_shape, dynamic_batch=True)
     graph = ep.module()
     _split_reused_module_partitions(graph)
+    config = pt2e_quantizer(quantizer, recipe.per_channel)
     try:
         with quiet():
-            prepared = prepare_pt2e(graph, pt2e_quantizer(quantizer, recipe.per_channel))
-    except EdgeqError:
-        raise
+            prepared = prepare_pt2e(graph, config)
     except Exception as e:  # noqa: BLE001
         raise export_failure(f"the {quantizer} PT2E quantizer", e, ep) from None
     _calibrate(prepared, calibration)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +111,6 @@ def test_weights_with_pickled_code_are_refused(tmp_path):
     assert_user_error(r, "refused", "weights_only")
     assert not marker.exists()
     assert_nothing_written(tmp_path)
-    assert pickle  # the payload really is a pickle: torch.save used it
 
 
 def test_weights_of_another_architecture(tmp_path):
