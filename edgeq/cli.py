@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from edgeq import qat as qat_options
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest
 from edgeq.targets import FORMATS, list_targets
@@ -45,12 +46,33 @@ def main() -> None:
               "[default: the built-in Fashion-MNIST MobileNetV2-style net]")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict file (loaded weights_only)")
 @click.option("--input-shape", callback=_numbers(int), default=None, help="N,C,H,W, e.g. 1,3,224,224")
-@click.option("--method", type=click.Choice(["static"]), default="static", show_default=True,
-              help="post-training static quantization")
+@click.option("--method", type=click.Choice(["static", "qat"]), default="static", show_default=True,
+              help="static: post-training calibration; qat: quantization-aware fine-tuning")
 @click.option("--backend", type=click.Choice(["qnnpack", "x86"]), default=None,
               help="quantization config [default: the target's]")
 @click.option("--calib-data", default=None, help="image folder or 'fashion-mnist' [default: fashion-mnist]")
 @click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--train-data", default=None, help="QAT: labelled image folder or 'fashion-mnist' "
+              "[default for the built-in model: fashion-mnist]")
+@click.option("--epochs", type=int, default=2, show_default=True, help="QAT epochs")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="QAT peak learning rate")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="QAT batch size per process")
+@click.option("--optimizer", type=click.Choice(qat_options.OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--schedule", type=click.Choice(qat_options.SCHEDULES), default="cosine", show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--freeze-bn-after", type=float, default=None, help="QAT: epochs before batch-norm statistics "
+              "freeze [default: 60% of --epochs]")
+@click.option("--freeze-observers-after", type=float, default=None, help="QAT: epochs before quantization "
+              "ranges freeze [default: 80% of --epochs]")
+@click.option("--train-samples", type=int, default=None, help="QAT: use at most this many training images")
+@click.option("--val-samples", type=int, default=None, help="QAT: training images held out and scored each "
+              "epoch [default: 10%, at most 5000]")
+@click.option("--device", default="auto", show_default=True, help="QAT: auto, cpu, cuda or cuda:N")
+@click.option("--seed", type=int, default=0, show_default=True, help="QAT: data order and split")
+@click.option("--resume", is_flag=True, help="QAT: continue from the checkpoint in --checkpoint-dir")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+              help="QAT checkpoints [default: OUT.qat beside --out]")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="QAT: steps between checkpoints")
 @click.option("--eval-data", default=None, help="labelled image folder or 'fashion-mnist' (accuracy + checks)")
 @click.option("--check-samples", type=int, default=None,
               help="held-out images for the host check [default: all eval images, else 200 held-out calibration images]")
@@ -64,18 +86,35 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print manifest.json to stdout")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def export_cmd(target: str, model: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
-               method: str, backend: str | None, calib_data: str | None, calib_samples: int, eval_data: str | None,
-               check_samples: int | None, formats: tuple[str, ...], precisions: tuple[str, ...], per_tensor: bool,
-               mean: tuple[float, ...] | None, std: tuple[float, ...] | None, resize: int | None, out: Path,
-               as_json: bool, quiet: bool) -> None:
-    """Quantize, export every format, check each artifact against the float model on the host."""
+               method: str, backend: str | None, calib_data: str | None, calib_samples: int, train_data: str | None,
+               epochs: int, lr: float, batch_size: int, optimizer: str, schedule: str, weight_decay: float,
+               freeze_bn_after: float | None, freeze_observers_after: float | None, train_samples: int | None,
+               val_samples: int | None, device: str, seed: int, resume: bool, checkpoint_dir: Path | None,
+               checkpoint_every: int, eval_data: str | None, check_samples: int | None, formats: tuple[str, ...],
+               precisions: tuple[str, ...], per_tensor: bool, mean: tuple[float, ...] | None,
+               std: tuple[float, ...] | None, resize: int | None, out: Path, as_json: bool, quiet: bool) -> None:
+    """Quantize, export every format, check each artifact against the float model on the host.
+
+    QAT on more than one process: torchrun --nproc-per-node N -m edgeq export --method qat …
+    """
     from edgeq.pipeline import export
 
-    manifest = _run(lambda: export(out, model=model, weights=weights, input_shape=input_shape, target=target,
-                                   method=method, backend=backend, calib_data=calib_data, calib_samples=calib_samples,
-                                   eval_data=eval_data, check_samples=check_samples, formats=formats,
-                                   precisions=precisions, per_channel=not per_tensor, mean=mean, std=std,
-                                   resize=resize, progress=not quiet and not as_json))
+    def run() -> Manifest | None:
+        training = qat_options.TrainConfig(
+            epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
+            weight_decay=weight_decay, freeze_bn_after=freeze_bn_after, freeze_observers_after=freeze_observers_after,
+            train_samples=train_samples, val_samples=val_samples, device=device, seed=seed,
+            checkpoint_every=checkpoint_every)
+        return export(out, model=model, weights=weights, input_shape=input_shape, target=target, method=method,
+                      backend=backend, calib_data=calib_data, calib_samples=calib_samples, train_data=train_data,
+                      training=training, resume=resume, checkpoint_dir=checkpoint_dir, eval_data=eval_data,
+                      check_samples=check_samples, formats=formats, precisions=precisions,
+                      per_channel=not per_tensor, mean=mean, std=std, resize=resize,
+                      progress=not quiet and not as_json)
+
+    manifest = _run(run)
+    if manifest is None:  # another rank of a torchrun job: rank 0 reports
+        return
     if as_json:
         click.echo(manifest.to_json())
     else:
@@ -113,6 +152,12 @@ def print_summary(manifest: Manifest, out: Path) -> None:
                       "–" if c.accuracy is None else f"{c.accuracy:.2%}",
                       "[green]✓[/]" if c.passed else "[red]✗[/]")
     console.print(table)
+    if manifest.training:
+        t = manifest.training
+        for flow in t["flows"]:
+            console.print(f"QAT {flow['flow']}: {len(flow['epochs'])} epochs in {flow['seconds']:.0f} s on {t['device']} "
+                          f"× {t['processes']} process(es); best epoch {flow['best_epoch']}, "
+                          f"{flow['best_val_accuracy']:.2%} on {manifest.data['validation']} held-out training images")
     if manifest.float_accuracy is not None:
         console.print(f"float model accuracy: {manifest.float_accuracy:.2%} on {manifest.data['eval']['source']}")
     console.print(f"export took {manifest.timings_s['total']:.0f} s; manifest: {out / 'manifest.json'}")
@@ -129,6 +174,6 @@ def _run(fn: Callable[[], Any]) -> Any:
     except EdgeqError as e:
         click.echo(f"edgeq: error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("edgeq: interrupted; nothing was written", err=True)
+    except KeyboardInterrupt as e:
+        click.echo(f"edgeq: {str(e) or 'interrupted; nothing was written'}", err=True)
         sys.exit(130)

@@ -24,7 +24,8 @@ class HostCheck:
     sqnr_db: float | None  # None: outputs bit-identical to the float model's
     max_abs_err: float
     accuracy: float | None = None
-    passed: bool | None = None  # against the target's thresholds (int8 only; fp32 must match closely)
+    passed: bool | None = None  # all of `gates` hold
+    gates: list[str] = field(default_factory=list)  # the conditions checked, e.g. "top1_agreement >= 0.97"
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Manifest:
     data: dict[str, Any]
     float_accuracy: float | None = None
     artifacts: list[Artifact] = field(default_factory=list)
+    training: dict[str, Any] | None = None  # QAT: config, processes, per-flow epochs and best epoch
     timings_s: dict[str, float] = field(default_factory=dict)  # host wall time per pipeline stage
     schema: int = SCHEMA
 

@@ -13,7 +13,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,12 +29,14 @@ from edgeq.errors import EdgeqError
 from edgeq.export import load_runner, onnx, pte, ptl
 from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file
 from edgeq.models import LoadedModel, load_model
-from edgeq.quantize import QuantRecipe, quantize_fx, quantize_pt2e, quantizer_for
+from edgeq import qat
+from edgeq.qat import TrainConfig
+from edgeq.quantize import QuantRecipe, quantize_static, quantizer_for
 from edgeq.targets import FORMATS, Thresholds, load_target
 from edgeq.validate import compare
 
 PRECISIONS = ("int8", "fp32")
-METHODS = ("static",)
+METHODS = ("static", "qat")
 LIBRARIES = ("torch", "torchvision", "torchao", "executorch", "onnx", "onnxscript", "onnxruntime", "numpy")
 DEFAULT_HELD_OUT = 200  # held-out calibration images checked when there is no eval data
 QUANTIZER_NAMES = {"xnnpack": "PT2E XNNPACKQuantizer", "x86": "PT2E X86InductorQuantizer",
@@ -47,19 +49,21 @@ class CheckSet:
     """The held-out images every artifact is compared on (never used for calibration)."""
 
     images: ImageSet
-    indices: range
+    indices: Sequence[int]
     labels: np.ndarray | None
 
 
 def export(out: str | Path, *, model: str | None = None, weights: str | Path | None = None,
            input_shape: Sequence[int] | None = None, target: str | Path = "arm64", method: str = "static",
            backend: str | None = None, calib_data: str | Path | None = None, calib_samples: int = 256,
-           eval_data: str | Path | None = None, check_samples: int | None = None,
-           formats: Sequence[str] = FORMATS, precisions: Sequence[str] = PRECISIONS, per_channel: bool = True,
-           mean: Sequence[float] | None = None, std: Sequence[float] | None = None, resize: int | None = None,
-           progress: bool = True) -> Manifest:
-    """Quantize and export a model to every requested format, check each artifact on the host,
-    and write `out/manifest.json`. Returns the manifest. Raises EdgeqError for bad input."""
+           train_data: str | Path | None = None, training: TrainConfig | None = None, resume: bool = False,
+           checkpoint_dir: str | Path | None = None, eval_data: str | Path | None = None,
+           check_samples: int | None = None, formats: Sequence[str] = FORMATS, precisions: Sequence[str] = PRECISIONS,
+           per_channel: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+           resize: int | None = None, progress: bool = True) -> Manifest | None:
+    """Quantize (static, or QAT with `training`) and export a model to every requested format, check
+    each artifact on the host, and write `out/manifest.json`. Returns the manifest, or None on the
+    other ranks of a torchrun job (rank 0 exports). Raises EdgeqError for bad input."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
@@ -69,89 +73,138 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
     formats = _subset(formats, FORMATS, "--formats")
     precisions = _subset(precisions, PRECISIONS, "--precisions")
     recipe = QuantRecipe(backend=backend or target_spec.backend, per_channel=per_channel, calib_samples=calib_samples)
+    training = training or TrainConfig()
     if check_samples is not None and check_samples < 1:
         raise EdgeqError("--check-samples must be at least 1")
     check_output_folder(out)
 
     loaded = load_model(model, weights, tuple(input_shape) if input_shape else None)
     preprocess = _preprocess(loaded, mean, std, resize)
-    calib_set = open_images(calib_data or FASHION_MNIST, "train")
     eval_set = open_images(eval_data, "test") if eval_data else (open_images(FASHION_MNIST, "test") if loaded.builtin else None)
     num_classes = loaded.num_classes
     if eval_set is not None and eval_set.classes and not _labels_fit(eval_set, num_classes):
         raise EdgeqError(f"{eval_set.description} has {len(eval_set.classes)} classes but the model outputs {num_classes}: "
                          "use data with the model's classes, or a model built for this data (e.g. ?num_classes=)")
-    calib_indices, check = _split(calib_set, eval_set, recipe.calib_samples, check_samples, num_classes)
 
-    with _progress(progress) as bar, staged_output(out) as stage:
-        task = bar.add_task("preprocessing calibration images", total=len(calib_indices))
-        chunks = []
-        for i in range(0, len(calib_indices), 64):
-            chunks.append(calib_set.batch(preprocess, calib_indices[i:i + 64]))
-            bar.advance(task, len(chunks[-1]))
-        calib = np.concatenate(chunks)
+    with qat.process_group(training.device if method == "qat" else "cpu") as world, \
+            _progress(progress and world.main) as bar:
+        if method == "qat":
+            if train_data is None and not loaded.builtin:
+                raise EdgeqError("--method qat needs --train-data: a labelled image folder (one subfolder per class)")
+            split = qat.TrainSplit.of(open_images(train_data or FASHION_MNIST, "train"), training, num_classes, world)
+            check = _check_set(eval_set, check_samples, num_classes) if eval_set is not None else \
+                CheckSet(split.images, split.val[:check_samples], split.images.labels[split.val[:check_samples]])
+            labelled = split.images
+            data_info = {"training": split.images.info(len(split.train)), "validation": len(split.val)}
+            checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.name}.qat")
+            quantized, records = _train(loaded, recipe, formats, training, split, preprocess, checkpoints, resume,
+                                        world, bar, timings) if "int8" in precisions else ({}, [])
+            if not world.main:
+                return None
+            trained = {"config": training.to_dict(), "processes": world.size, "checkpoints": str(checkpoints),
+                       "device": str(qat.resolve_device(training.device, world)),
+                       "flows": [asdict(r) for r in records]}
+        else:
+            calib_set = open_images(calib_data or FASHION_MNIST, "train")
+            calib_indices, check = _split(calib_set, eval_set, recipe.calib_samples, check_samples, num_classes)
+            calib = _preprocess_all(calib_set, preprocess, calib_indices, bar, "preprocessing calibration images")
 
-        def calibration(label: str) -> Iterator[np.ndarray]:
-            t = bar.add_task(f"calibrating ({label})", total=len(calib))
-            for i in range(0, len(calib), recipe.calib_batch):
-                yield calib[i:i + recipe.calib_batch]
-                bar.advance(t, len(calib[i:i + recipe.calib_batch]))
+            def calibration(label: str) -> Iterator[np.ndarray]:
+                t = bar.add_task(f"calibrating ({label})", total=len(calib))
+                for i in range(0, len(calib), recipe.calib_batch):
+                    yield calib[i:i + recipe.calib_batch]
+                    bar.advance(t, len(calib[i:i + recipe.calib_batch]))
 
-        quantized = _quantize(loaded, recipe, formats, calibration, timings) if "int8" in precisions else {}
+            quantized = _calibrate(loaded, recipe, formats, calibration, timings) if "int8" in precisions else {}
+            labelled, data_info, trained = calib_set, {"calibration": calib_set.info(len(calib_indices))}, None
 
-        artifacts = []
-        task = bar.add_task("exporting", total=len(formats) * len(precisions))
-        for precision in precisions:
-            for fmt in formats:
-                bar.update(task, description=f"exporting {precision} .{fmt}")
-                t0 = time.perf_counter()
-                quantizer = quantizer_for(fmt, recipe.backend)
-                source = loaded.module if precision == "fp32" else quantized[quantizer]
-                path = stage / f"model_{precision}.{fmt}"
-                details = _export_one(fmt, source, loaded.input_shape, path, recipe.backend, precision == "int8")
-                if precision == "int8":
-                    details["quantizer"] = QUANTIZER_NAMES[quantizer].format(backend=recipe.backend)
-                timings[f"export_{precision}_{fmt}"] = time.perf_counter() - t0
-                artifacts.append(Artifact(format=fmt, precision=precision, path=path.name, bytes=path.stat().st_size,
-                                          sha256=sha256_file(path), details=details))
-                bar.advance(task)
-        bar.update(task, description="exporting")
+        with staged_output(out) as stage:
+            artifacts = []
+            task = bar.add_task("exporting", total=len(formats) * len(precisions))
+            for precision in precisions:
+                for fmt in formats:
+                    bar.update(task, description=f"exporting {precision} .{fmt}")
+                    t0 = time.perf_counter()
+                    flow = quantizer_for(fmt, recipe.backend)
+                    source = loaded.module if precision == "fp32" else quantized[flow]
+                    path = stage / f"model_{precision}.{fmt}"
+                    details = _export_one(fmt, source, loaded.input_shape, path, recipe.backend, precision == "int8")
+                    if precision == "int8":
+                        details["quantizer"] = QUANTIZER_NAMES[flow].format(backend=recipe.backend)
+                    timings[f"export_{precision}_{fmt}"] = time.perf_counter() - t0
+                    artifacts.append(Artifact(format=fmt, precision=precision, path=path.name,
+                                              bytes=path.stat().st_size, sha256=sha256_file(path), details=details))
+                    bar.advance(task)
+            bar.update(task, description="exporting")
 
-        t0 = time.perf_counter()
-        float_accuracy = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend,
-                                     target_spec.thresholds, bar)
-        timings["host_check"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - started
-        classes = next((s.classes for s in (eval_set, calib_set) if s is not None and _labels_fit(s, num_classes)), None)
-        manifest = Manifest(
-            edgeq_version=_version("edgeq"), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            versions={"python": platform.python_version(), **{lib: _version(lib) for lib in LIBRARIES}},
-            model={**loaded.info(), "classes": list(classes) if classes else None},
-            target=target_spec.to_dict(), method=method, quantization=recipe.to_dict(),
-            preprocess=preprocess.to_dict(),
-            data={"calibration": calib_set.info(len(calib_indices)),
-                  "check": {**check.images.info(len(check.indices)),
-                            "held_out": "eval data" if eval_set is not None else "calibration images not used for calibration"},
-                  "eval": eval_set.info(len(check.indices)) if eval_set is not None else None},
-            float_accuracy=float_accuracy, artifacts=artifacts, timings_s={k: round(v, 3) for k, v in timings.items()})
-        manifest.write(stage)
+            t0 = time.perf_counter()
+            float_accuracy = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend,
+                                         target_spec.thresholds, method, bar)
+            timings["host_check"] = time.perf_counter() - t0
+            timings["total"] = time.perf_counter() - started
+            classes = next((s.classes for s in (eval_set, labelled) if s is not None and _labels_fit(s, num_classes)), None)
+            manifest = Manifest(
+                edgeq_version=_version("edgeq"), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                versions={"python": platform.python_version(), **{lib: _version(lib) for lib in LIBRARIES}},
+                model={**loaded.info(), "classes": list(classes) if classes else None},
+                target=target_spec.to_dict(), method=method, quantization=recipe.to_dict(),
+                preprocess=preprocess.to_dict(),
+                data={**data_info,
+                      "check": {**check.images.info(len(check.indices)), "held_out": _held_out(method, eval_set)},
+                      "eval": eval_set.info(len(check.indices)) if eval_set is not None else None},
+                float_accuracy=float_accuracy, artifacts=artifacts, training=trained,
+                timings_s={k: round(v, 3) for k, v in timings.items()})
+            manifest.write(stage)
     return manifest
 
 
-def _quantize(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str],
-              calibration: Callable[[str], Iterator[np.ndarray]], timings: dict[str, float]) -> dict[str, torch.nn.Module]:
-    """One quantized model per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86)."""
+def _calibrate(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str],
+               calibration: Callable[[str], Iterator[np.ndarray]], timings: dict[str, float]) -> dict[str, torch.nn.Module]:
+    """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86)."""
     quantized: dict[str, torch.nn.Module] = {}
-    for name in dict.fromkeys(quantizer_for(fmt, recipe.backend) for fmt in formats):
+    for flow in _flows(formats, recipe):
         t0 = time.perf_counter()
-        if name == "fx":
-            quantized[name] = quantize_fx(loaded.module, loaded.input_shape, recipe,
-                                          lambda: calibration(f"FX {recipe.backend}, for .ptl"))
-        else:
-            quantized[name] = quantize_pt2e(loaded.module, loaded.input_shape, recipe, name,
-                                            lambda: calibration(f"PT2E {name}"))
-        timings[f"quantize_{name}"] = time.perf_counter() - t0
+        label = f"FX {recipe.backend}, for .ptl" if flow == "fx" else f"PT2E {flow}"
+        quantized[flow] = quantize_static(flow, loaded.module, loaded.input_shape, recipe,
+                                          lambda: calibration(label))  # noqa: B023 - called right here
+        timings[f"quantize_{flow}"] = time.perf_counter() - t0
     return quantized
+
+
+def _train(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str], config: TrainConfig,
+           split: qat.TrainSplit, preprocess: Preprocess, checkpoints: Path, resume: bool, world: qat.World,
+           bar: Progress, timings: dict[str, float]) -> tuple[dict[str, torch.nn.Module], list[qat.Record]]:
+    """QAT, once per flow the formats need; each flow has its own checkpoint file."""
+    log = bar.console.print if not bar.disable else (lambda _: None)
+    quantized, records = {}, []
+    for flow in _flows(formats, recipe):
+        t0 = time.perf_counter()
+        label = f"FX {recipe.backend}" if flow == "fx" else f"PT2E {flow}"
+        quantized[flow], record = qat.train(flow, loaded, recipe, config, split, preprocess,
+                                            checkpoints / f"{flow}.pt", resume, world, bar, log, label)
+        records.append(record)
+        timings[f"qat_{flow}"] = time.perf_counter() - t0
+    return quantized, records
+
+
+def _flows(formats: Sequence[str], recipe: QuantRecipe) -> list[str]:
+    return list(dict.fromkeys(quantizer_for(fmt, recipe.backend) for fmt in formats))
+
+
+def _held_out(method: str, eval_set: ImageSet | None) -> str:
+    if eval_set is not None:
+        return "eval data"
+    return "training images held out from QAT" if method == "qat" else "calibration images not used for calibration"
+
+
+def _preprocess_all(images: ImageSet, preprocess: Preprocess, indices: Sequence[int], bar: Progress,
+                    label: str) -> np.ndarray:
+    task = bar.add_task(label, total=len(indices))
+    chunks = []
+    for i in range(0, len(indices), 64):
+        chunks.append(images.batch(preprocess, indices[i:i + 64]))
+        bar.advance(task, len(chunks[-1]))
+    return np.concatenate(chunks)
 
 
 def _export_one(fmt: str, model: torch.nn.Module, input_shape: tuple[int, ...], path: Path,
@@ -164,7 +217,7 @@ def _export_one(fmt: str, model: torch.nn.Module, input_shape: tuple[int, ...], 
 
 
 def _host_check(loaded: LoadedModel, preprocess: Preprocess, check: CheckSet, artifacts: list[Artifact],
-                stage: Path, backend: str, thresholds: Thresholds, bar: Progress) -> float | None:
+                stage: Path, backend: str, thresholds: Thresholds, method: str, bar: Progress) -> float | None:
     """Run every artifact with its own runtime on the held-out images; compare with the float model."""
     runners = {a.key: load_runner(a.format, stage / a.path, backend) for a in artifacts}
     reference, outputs = [], {key: [] for key in runners}
@@ -178,7 +231,7 @@ def _host_check(loaded: LoadedModel, preprocess: Preprocess, check: CheckSet, ar
             bar.advance(task, len(x))
     ref = np.concatenate(reference)
     for a in artifacts:
-        a.host_check = compare(ref, np.stack(outputs[a.key]), check.labels, a.precision, thresholds)
+        a.host_check = compare(ref, np.stack(outputs[a.key]), check.labels, a.precision, thresholds, method)
     return None if check.labels is None else float(np.mean(ref.argmax(-1) == check.labels))
 
 
@@ -187,14 +240,17 @@ def _labels_fit(images: ImageSet, num_classes: int) -> bool:
     return images.labels is not None and images.classes is not None and len(images.classes) == num_classes
 
 
+def _check_set(eval_set: ImageSet, check_samples: int | None, num_classes: int) -> CheckSet:
+    """The first `check_samples` eval images; labels only where they are the model's classes."""
+    n = len(eval_set) if check_samples is None else min(check_samples, len(eval_set))
+    return CheckSet(eval_set, range(n), eval_set.labels[:n] if _labels_fit(eval_set, num_classes) else None)
+
+
 def _split(calib_set: ImageSet, eval_set: ImageSet | None, calib_samples: int,
            check_samples: int | None, num_classes: int) -> tuple[range, CheckSet]:
-    """Calibration indices, and the held-out check set: the eval data, else unused calibration images.
-    Labels come along only where they are the model's classes."""
+    """Calibration indices, and the held-out check set: the eval data, else unused calibration images."""
     if eval_set is not None:
-        n = len(eval_set) if check_samples is None else min(check_samples, len(eval_set))
-        labels = eval_set.labels[:n] if _labels_fit(eval_set, num_classes) else None
-        return range(min(calib_samples, len(calib_set))), CheckSet(eval_set, range(n), labels)
+        return range(min(calib_samples, len(calib_set))), _check_set(eval_set, check_samples, num_classes)
     held_out = min(check_samples or DEFAULT_HELD_OUT, len(calib_set) // 5)
     if held_out < 1:
         raise EdgeqError(f"{calib_set.description} has {len(calib_set)} images: too few to hold some out for the check; "

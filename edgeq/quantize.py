@@ -1,4 +1,4 @@
-"""Quantization: post-training static int8.
+"""Quantization: prepare → (calibrate | train, see edgeq.qat) → convert, to int8.
 
 Two flows, because the formats need different graphs:
 - PT2E (torchao) on a `torch.export` graph → feeds the .pte and .onnx exporters.
@@ -87,64 +87,90 @@ def quantizer_for(fmt: str, backend: str) -> str:
     return "xnnpack" if fmt == "pte" or backend == "qnnpack" else "x86"
 
 
-def pt2e_quantizer(name: str, per_channel: bool):  # -> torchao Quantizer
+def pt2e_quantizer(name: str, per_channel: bool, qat: bool = False):  # -> torchao Quantizer
     if name == "xnnpack":
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer, get_symmetric_quantization_config)
 
-        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+        config = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
+        return XNNPACKQuantizer().set_global(config)
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
     if not per_channel:
         raise EdgeqError("the x86 quantizer only has per-channel weights: drop --per-tensor or use --backend qnnpack")
-    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
 
 
-def quantize_pt2e(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe, quantizer: str,
-                  calibration: Calibration) -> GraphModule:
-    """torch.export → prepare_pt2e → calibrate → convert_pt2e. Returns the converted graph (any batch)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def prepare(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,
+            qat: bool = False) -> nn.Module:
+    """Insert observers (static) or fake-quantize modules (QAT) for a flow: "fx", or a PT2E quantizer
+    name. The model itself is not changed. PT2E graphs keep a dynamic batch dimension."""
+    if flow == "fx":
+        return _prepare_fx(model, input_shape, recipe, qat)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
-    ep = export_graph(model, input_shape, dynamic_batch=True)
+    # torch.export shares the model's parameter tensors: QAT would train the float model in place.
+    ep = export_graph(copy.deepcopy(model), input_shape, dynamic_batch=True)
     graph = ep.module()
     _split_reused_module_partitions(graph)
-    config = pt2e_quantizer(quantizer, recipe.per_channel)
+    config = pt2e_quantizer(flow, recipe.per_channel, qat)
     try:
         with quiet():
-            prepared = prepare_pt2e(graph, config)
+            return (prepare_qat_pt2e if qat else prepare_pt2e)(graph, config)
     except Exception as e:  # noqa: BLE001
-        raise export_failure(f"the {quantizer} PT2E quantizer", e, ep) from None
-    _calibrate(prepared, calibration)
+        raise export_failure(f"the {flow} PT2E quantizer", e, ep) from None
+
+
+def convert(flow: str, prepared: nn.Module, recipe: QuantRecipe) -> nn.Module:
+    """Observers/fake-quant → real quantized ops (PT2E: Q/DQ graph; FX: the backend's quantized modules).
+    A QAT-prepared PT2E graph must be in eval mode first (edgeq.qat.set_mode)."""
     with quiet():
+        if flow == "fx":
+            from torch.ao.quantization.quantize_fx import convert_fx
+
+            with quantized_engine(recipe.backend):  # weights are packed for the engine set now
+                return convert_fx(prepared.eval())
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
         return convert_pt2e(prepared)
 
 
-def quantize_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,
-                calibration: Calibration) -> nn.Module:
-    """FX graph-mode static quantization with the backend's qconfig (per-channel weights by default)."""
-    from torch.ao.quantization import QConfig, get_default_qconfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import default_per_channel_weight_observer
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+def quantize_static(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,
+                    calibration: Calibration) -> nn.Module:
+    """Post-training static quantization: prepare → calibrate on representative batches → convert."""
+    prepared = prepare(flow, model, input_shape, recipe)
+    with torch.no_grad():
+        for batch in calibration():
+            prepared(torch.from_numpy(batch))
+    return convert(flow, prepared, recipe)
 
-    with quiet(), quantized_engine(recipe.backend):
-        qconfig = get_default_qconfig(recipe.backend)
+
+def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe, qat: bool) -> nn.Module:
+    """FX graph mode with the backend's (QAT) qconfig, per-channel weights by default."""
+    from torch.ao.quantization import (QConfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping,
+                                       get_default_qconfig, get_default_qconfig_mapping)
+    from torch.ao.quantization.fake_quantize import default_per_channel_weight_fake_quant
+    from torch.ao.quantization.observer import default_per_channel_weight_observer
+    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    if not recipe.per_channel and recipe.backend == "x86":
+        raise EdgeqError("the x86 qconfig only has per-channel weights: drop --per-tensor or use --backend qnnpack")
+    with quiet():
+        qconfig = (get_default_qat_qconfig if qat else get_default_qconfig)(recipe.backend)
         if recipe.per_channel:  # qnnpack's default is per-tensor; its kernels also take per-channel
-            qconfig = QConfig(activation=qconfig.activation, weight=default_per_channel_weight_observer)
-        elif recipe.backend == "x86":
-            raise EdgeqError("the x86 qconfig only has per-channel weights: drop --per-tensor or use --backend qnnpack")
+            weight = default_per_channel_weight_fake_quant if qat else default_per_channel_weight_observer
+            qconfig = QConfig(activation=qconfig.activation, weight=weight)
         # The backend's mapping keeps its fixed-qparams configs (sigmoid, hardsigmoid, …).
-        mapping = get_default_qconfig_mapping(recipe.backend).set_global(qconfig)
-        example = (torch.zeros(input_shape),)
-        model = copy.deepcopy(model).eval()
+        mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(recipe.backend)
+        mapping = mapping.set_global(qconfig)
+        model = copy.deepcopy(model).train(qat)
         if recipe.backend == "qnnpack":
             _contiguous_clamps(model)
         try:
-            prepared = prepare_fx(model, mapping, example)
+            return (prepare_qat_fx if qat else prepare_fx)(model, mapping, (torch.zeros(input_shape),))
         except Exception as e:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python code
             raise export_failure("FX quantization (symbolic tracing)", e, None) from None
-        _calibrate(prepared, calibration)
-        return convert_fx(prepared)
 
 
 class ContiguousClamp(nn.Module):
@@ -166,12 +192,6 @@ def _contiguous_clamps(model: nn.Module) -> None:
             setattr(model, name, ContiguousClamp(child))
         else:
             _contiguous_clamps(child)
-
-
-def _calibrate(prepared: nn.Module, calibration: Calibration) -> None:
-    with torch.no_grad():
-        for batch in calibration():
-            prepared(torch.from_numpy(batch))
 
 
 def _split_reused_module_partitions(graph: GraphModule) -> None:

@@ -30,19 +30,26 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float(np.mean(outputs.argmax(-1) == labels))
 
 
-def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None,
-            precision: str, thresholds: Thresholds) -> HostCheck:
-    """Agreement, SQNR and max abs error of `outputs` against the float model's `reference`."""
+def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None, precision: str,
+            thresholds: Thresholds, method: str = "static") -> HostCheck:
+    """Agreement, SQNR, max abs error and accuracy of `outputs` against the float model's `reference`,
+    and whether they pass: the gates applied are listed in `HostCheck.gates`."""
     check = HostCheck(samples=int(len(reference)), top1_agreement=top1_agreement(reference, outputs),
                       sqnr_db=sqnr_db(reference, outputs),
                       max_abs_err=float(np.max(np.abs(reference - outputs))) if len(reference) else 0.0,
                       accuracy=accuracy(outputs, labels))
-    check.passed = passes(check, precision, thresholds)
-    return check
-
-
-def passes(check: HostCheck, precision: str, thresholds: Thresholds) -> bool:
     sqnr = float("inf") if check.sqnr_db is None else check.sqnr_db
     if precision == "fp32":
-        return sqnr >= FP32_MIN_SQNR_DB
-    return check.top1_agreement >= thresholds.min_top1_agreement and sqnr >= thresholds.min_sqnr_db
+        gates = {f"sqnr_db >= {FP32_MIN_SQNR_DB:g}": sqnr >= FP32_MIN_SQNR_DB}
+    else:
+        gates = {f"top1_agreement >= {thresholds.min_top1_agreement:g}":
+                 check.top1_agreement >= thresholds.min_top1_agreement}
+        if method == "static":
+            gates[f"sqnr_db >= {thresholds.min_sqnr_db:g}"] = sqnr >= thresholds.min_sqnr_db
+        float_accuracy = accuracy(reference, labels)
+        if float_accuracy is not None and check.accuracy is not None:
+            gates[f"accuracy >= float - {thresholds.max_accuracy_drop:g}"] = \
+                check.accuracy >= float_accuracy - thresholds.max_accuracy_drop
+    check.gates = [g for g in gates]
+    check.passed = all(gates.values())
+    return check

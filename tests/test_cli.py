@@ -227,3 +227,51 @@ def test_unknown_format(tmp_path):
     r = run_cli("export", "--formats", "tflite", "--out", str(tmp_path / "dist"))
     assert_user_error(r, "tflite", "pte,onnx,ptl")
     assert_nothing_written(tmp_path)
+
+
+def _labelled_folder(root: Path, classes: tuple[str, ...]) -> Path:
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((28, 28), i * 40, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["missing", "other classes", "no labels", "user model without data"])
+def test_qat_bad_training_data(tmp_path, case):
+    args = ["export", "--method", "qat", "--out", str(tmp_path / "dist")]
+    if case == "missing":
+        r, needles = run_cli(*args, "--train-data", str(tmp_path / "nope")), ("nope", "does not exist")
+    elif case == "other classes":
+        folder = _labelled_folder(tmp_path / "train", ("a", "b", "c"))
+        r, needles = run_cli(*args, "--train-data", str(folder)), ("3 classes", "outputs 10")
+    elif case == "no labels":
+        (tmp_path / "flat").mkdir()
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "flat" / "x.png")
+        r, needles = run_cli(*args, "--train-data", str(tmp_path / "flat")), ("no labels", "one subfolder per class")
+    else:
+        r = run_cli(*args, "--model", "torchvision:resnet18?num_classes=10", "--input-shape", "1,3,32,32")
+        needles = ("--method qat needs --train-data",)
+    assert_user_error(r, *needles)
+    assert_nothing_written(tmp_path)
+    assert not (tmp_path / "dist.qat").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--epochs", "0"), "--epochs must be at least 1"),
+    (("--lr", "nan"), "--lr must be a positive number"),
+    (("--device", "tpu"), "--device 'tpu' not understood"),
+])
+def test_qat_bad_options(tmp_path, args, needle):
+    r = run_cli("export", "--method", "qat", "--train-samples", "64", "--val-samples", "32", *args,
+                "--out", str(tmp_path / "dist"))
+    assert_user_error(r, needle)
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_qat_cuda_without_a_gpu(tmp_path):
+    r = run_cli("export", "--method", "qat", "--device", "cuda", "--train-samples", "64", "--val-samples", "32",
+                "--out", str(tmp_path / "dist"))
+    assert_user_error(r, "sees no CUDA GPU", "--device cpu")
+    assert_nothing_written(tmp_path)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize import QuantRecipe, quantizer_for, quantize_fx, quantize_pt2e, quantized_engine
+from edgeq.quantize import QuantRecipe, prepare, quantize_static, quantized_engine, quantizer_for
 from edgeq.validate import sqnr_db
 
 SHAPE = (1, 1, 28, 28)
@@ -30,7 +30,7 @@ def test_fx_quantization_tracks_the_float_model(backend):
     """For qnnpack this holds only with ContiguousClamp: QNNPACK's quantized ReLU6 on the
     channels-last conv output is off by up to 6.0 in torch 2.14.1."""
     model = _net()
-    q = quantize_fx(model, SHAPE, QuantRecipe(backend=backend), _calibration(X))
+    q = quantize_static("fx", model, SHAPE, QuantRecipe(backend=backend), _calibration(X))
     with torch.no_grad(), quantized_engine(backend):
         out = q(torch.from_numpy(X)).numpy()
     assert sqnr_db(model(torch.from_numpy(X)).detach().numpy(), out) > 28  # broken clamp: ~17 dB
@@ -39,7 +39,7 @@ def test_fx_quantization_tracks_the_float_model(backend):
 @pytest.mark.parametrize("quantizer", ["xnnpack", "x86"])
 def test_pt2e_inserts_quantize_ops_and_keeps_batch_dynamic(quantizer):
     model = _net()
-    q = quantize_pt2e(model, SHAPE, QuantRecipe(), quantizer, _calibration(X))
+    q = quantize_static(quantizer, model, SHAPE, QuantRecipe(), _calibration(X))
     targets = {str(n.target) for n in q.graph.nodes if n.op == "call_function"}
     assert any("quantize_per_tensor" in t for t in targets)
     with torch.no_grad():
@@ -66,4 +66,17 @@ def test_bad_recipe():
     with pytest.raises(EdgeqError, match="unknown quantization backend"):
         QuantRecipe(backend="fbgemm2")
     with pytest.raises(EdgeqError, match="per-channel"):
-        quantize_fx(_net(), SHAPE, QuantRecipe(backend="x86", per_channel=False), _calibration(X))
+        quantize_static("fx", _net(), SHAPE, QuantRecipe(backend="x86", per_channel=False), _calibration(X))
+
+
+@pytest.mark.parametrize("flow", ["xnnpack", "x86", "fx"])
+def test_qat_prepare_inserts_fake_quantize_and_keeps_gradients(flow):
+    model = _net()
+    prepared = prepare(flow, model, SHAPE, QuantRecipe(backend="x86" if flow == "x86" else "qnnpack"), qat=True)
+    fake_quants = [m for m in prepared.modules() if hasattr(m, "observer_enabled")]
+    assert fake_quants, "no fake-quantize modules were inserted"
+    out = prepared(torch.from_numpy(X[:4]))
+    out.sum().backward()
+    grads = [p.grad for p in prepared.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # the float model is untouched
