@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from rich.table import Table
 from edgeq import qat as qat_options
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest
-from edgeq.targets import FORMATS, list_targets
+from edgeq.progress import progress_bars
+from edgeq.targets import FORMATS, list_targets, load_target
 
 
 def _numbers(cast: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
@@ -82,6 +84,9 @@ def main() -> None:
 @click.option("--mean", callback=_numbers(float), default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", callback=_numbers(float), default=None, help="per-channel std")
 @click.option("--resize", type=int, default=None, help="resize the shorter side to this, then center-crop")
+@click.option("--validate/--no-validate", "validate_on_target", default=True, show_default=True,
+              help="run every artifact on the target afterwards (QEMU for arm targets; set up on first use)")
+@click.option("--runs", type=int, default=20, show_default=True, help="timed runs per artifact on the target")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
 @click.option("--json", "as_json", is_flag=True, help="print manifest.json to stdout")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
@@ -92,7 +97,8 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
                val_samples: int | None, device: str, seed: int, resume: bool, checkpoint_dir: Path | None,
                checkpoint_every: int, eval_data: str | None, check_samples: int | None, formats: tuple[str, ...],
                precisions: tuple[str, ...], per_tensor: bool, mean: tuple[float, ...] | None,
-               std: tuple[float, ...] | None, resize: int | None, out: Path, as_json: bool, quiet: bool) -> None:
+               std: tuple[float, ...] | None, resize: int | None, validate_on_target: bool, runs: int, out: Path,
+               as_json: bool, quiet: bool) -> None:
     """Quantize, export every format, check each artifact against the float model on the host.
 
     QAT on more than one process: torchrun --nproc-per-node N -m edgeq export --method qat …
@@ -110,7 +116,7 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
                       training=training, resume=resume, checkpoint_dir=checkpoint_dir, eval_data=eval_data,
                       check_samples=check_samples, formats=formats, precisions=precisions,
                       per_channel=not per_tensor, mean=mean, std=std, resize=resize,
-                      progress=not quiet and not as_json)
+                      validate_on_target=validate_on_target, runs=runs, progress=not quiet and not as_json)
 
     manifest = _run(run)
     if manifest is None:  # another rank of a torchrun job: rank 0 reports
@@ -119,6 +125,7 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
         click.echo(manifest.to_json())
     else:
         print_summary(manifest, out)
+    _exit_if_failed(manifest, manifest.target["name"] if validate_on_target else None)
 
 
 @main.group("targets")
@@ -128,10 +135,76 @@ def targets_group() -> None:
 
 @targets_group.command("list")
 def targets_list() -> None:
-    table = Table("target", "arch", "qemu -cpu", "backend", "runtimes", "description")
+    from edgeq.provision import Emulator, cache_root
+
+    emu = Emulator(cache_root() / "aarch64")
+    ready = not emu.missing()
+    table = Table("target", "arch", "qemu -cpu", "backend", "runtimes", "set up", "description")
     for t in _run(list_targets):
-        table.add_row(t.name, t.arch, t.qemu_cpu or "(host)", t.backend, ", ".join(t.runtimes), t.description)
+        state = "host" if t.qemu_cpu is None else ("yes" if ready else "no: edgeq targets setup " + t.name)
+        table.add_row(t.name, t.arch, t.qemu_cpu or "(host)", t.backend, ", ".join(t.runtimes), state, t.description)
     Console().print(table)
+
+
+@targets_group.command("setup")
+@click.argument("name")
+@click.option("--with-plugins", is_flag=True, help="also build QEMU's instruction-count plugin (a few minutes)")
+def targets_setup(name: str, with_plugins: bool) -> None:
+    """Provision an emulated target in the cache (EDGEQ_CACHE, default ~/.cache/edgeq). Idempotent."""
+    from edgeq.provision import setup
+
+    target = _run(lambda: load_target(name))
+    if target.qemu_cpu is None:
+        click.echo(f"{target.name} runs on the host: nothing to set up")
+        return
+    console = Console(stderr=True)
+    emu = _run(lambda: setup(with_plugins, log=lambda line: console.print(f"setup {target.name}: {line}")))
+    click.echo(f"{target.name}: ready in {emu.root} (qemu-aarch64 -cpu {target.qemu_cpu})")
+
+
+@main.command("validate")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--target", default=None, help="target name or .toml [default: the export's target]")
+@click.option("--runs", type=int, default=20, show_default=True, help="timed runs per artifact")
+@click.option("--warmup", type=int, default=3, show_default=True, help="untimed runs first")
+@click.option("--threads", type=int, default=1, show_default=True, help="runtime threads")
+@click.option("--samples", type=int, default=None, help="reference inputs compared [default: all in reference.npz]")
+@click.option("--count-instructions", is_flag=True, help="guest instructions per inference (needs targets setup "
+              "NAME --with-plugins)")
+@click.option("--timeout", type=float, default=900, show_default=True, help="seconds per artifact")
+@click.option("--min-agreement", type=float, default=None, help="override the target's min_top1_agreement")
+@click.option("--min-sqnr", type=float, default=None, help="override the target's min_sqnr_db")
+@click.option("--max-accuracy-drop", type=float, default=None, help="override the target's max_accuracy_drop")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threads: int, samples: int | None,
+                 count_instructions: bool, timeout: float, min_agreement: float | None, min_sqnr: float | None,
+                 max_accuracy_drop: float | None, as_json: bool, quiet: bool) -> None:
+    """Run every artifact of an export on a target (QEMU aarch64 or the host) and hold it to the float
+    model. Exit code 1 when an artifact fails its thresholds or cannot run."""
+    from edgeq.validate import validate
+
+    overrides = {k: v for k, v in (("min_top1_agreement", min_agreement), ("min_sqnr_db", min_sqnr),
+                                   ("max_accuracy_drop", max_accuracy_drop)) if v is not None}
+    with progress_bars(not quiet and not as_json) as bar:
+        results = _run(lambda: validate(folder, target, runs=runs, warmup=warmup, threads=threads, samples=samples,
+                                        count_instructions=count_instructions, timeout=timeout,
+                                        thresholds=overrides, progress=bar))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        print_target_summary(Manifest.load(folder), results)
+    _exit_if_failed(Manifest.load(folder), next((r["target"] for r in results.values()), None))
+
+
+def _exit_if_failed(manifest: Manifest, target: str | None) -> None:
+    """CI gates on the exit code: 1 when an artifact failed its host check or its run on `target`."""
+    failed = [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)
+              or (target and not a.targets.get(target, {}).get("passed"))]
+    if failed:
+        where = f"on the host or on {target}" if target else "on the host"
+        click.echo(f"edgeq: error: {', '.join(failed)} failed {where} (see above)", err=True)
+        sys.exit(1)
 
 
 def print_summary(manifest: Manifest, out: Path) -> None:
@@ -152,6 +225,9 @@ def print_summary(manifest: Manifest, out: Path) -> None:
                       "–" if c.accuracy is None else f"{c.accuracy:.2%}",
                       "[green]✓[/]" if c.passed else "[red]✗[/]")
     console.print(table)
+    target = manifest.target["name"]
+    if any(target in a.targets for a in manifest.artifacts):
+        print_target_summary(manifest, {a.key: a.targets[target] for a in manifest.artifacts if target in a.targets})
     if manifest.training:
         t = manifest.training
         for flow in t["flows"]:
@@ -161,6 +237,33 @@ def print_summary(manifest: Manifest, out: Path) -> None:
     if manifest.float_accuracy is not None:
         console.print(f"float model accuracy: {manifest.float_accuracy:.2%} on {manifest.data['eval']['source']}")
     console.print(f"export took {manifest.timings_s['total']:.0f} s; manifest: {out / 'manifest.json'}")
+
+
+def print_target_summary(manifest: Manifest, results: dict[str, dict]) -> None:
+    """One row per artifact run on the target: agreement, accuracy, load time, latency, instructions."""
+    ran = [r for r in results.values() if "error" not in r]
+    first = ran[0] if ran else next(iter(results.values()), {})
+    where = (f"emulated: qemu-aarch64 -cpu {first.get('qemu_cpu')}, not device time"
+             if first.get("where") == "emulated" else "host")
+    seen = f"{first['machine']}, {first['cpu']}" if ran else "nothing ran"
+    table = Table(title=f"on {seen} ({where}); vs the float model on "
+                        f"{manifest.reference['samples'] if manifest.reference else '?'} reference inputs")
+    for col in ("artifact", "agree", "dB", "acc", "load s", "med ms", "p90 ms", "insn/inf", "RSS MB", "ok"):
+        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
+    for key, r in results.items():
+        if "error" in r:
+            table.add_row(key, *["–"] * 8, "[red]✗[/]")
+            continue
+        c, lat, insns = r["check"], r["latency_ms"], r.get("instructions_per_inference")
+        table.add_row(key, f"{c['top1_agreement']:.1%}", "exact" if c["sqnr_db"] is None else f"{c['sqnr_db']:.0f}",
+                      "–" if c["accuracy"] is None else f"{c['accuracy']:.1%}", f"{r['load_s']:.2f}",
+                      f"{lat['median']:.2f}", f"{lat['p90']:.2f}", "–" if insns is None else f"{insns / 1e6:.2f} M",
+                      f"{r['peak_rss_mb']:.0f}", "[green]✓[/]" if r["passed"] else "[red]✗[/]")
+    console = Console()
+    console.print(table)
+    for key, r in results.items():
+        if "error" in r:
+            console.print(f"[red]{key}[/]: {r['error']}")
 
 
 def _size(n: int) -> str:

@@ -57,6 +57,7 @@ class Manifest:
     data: dict[str, Any]
     float_accuracy: float | None = None
     artifacts: list[Artifact] = field(default_factory=list)
+    reference: dict[str, Any] | None = None  # reference.npz: held-out inputs, float outputs, labels
     training: dict[str, Any] | None = None  # QAT: config, processes, per-flow epochs and best epoch
     timings_s: dict[str, float] = field(default_factory=dict)  # host wall time per pipeline stage
     schema: int = SCHEMA

@@ -8,6 +8,7 @@ never leaves a half-written export behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import platform
 import shutil
@@ -21,19 +22,22 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
-from edgeq.export import load_runner, onnx, pte, ptl
-from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file
+from edgeq import runner
+from edgeq.export import onnx, pte, ptl
+from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file, write_atomic
 from edgeq.models import LoadedModel, load_model
+from edgeq.progress import progress_bars
+from edgeq.provision import Emulator, cache_root
+from edgeq.provision import setup as provision_setup
 from edgeq import qat
 from edgeq.qat import TrainConfig
 from edgeq.quantize import QuantRecipe, quantize_static, quantizer_for
 from edgeq.targets import FORMATS, Thresholds, load_target
-from edgeq.validate import compare
+from edgeq.validate import compare, validate
 
 PRECISIONS = ("int8", "fp32")
 METHODS = ("static", "qat")
@@ -41,6 +45,9 @@ LIBRARIES = ("torch", "torchvision", "torchao", "executorch", "onnx", "onnxscrip
 DEFAULT_HELD_OUT = 200  # held-out calibration images checked when there is no eval data
 QUANTIZER_NAMES = {"xnnpack": "PT2E XNNPACKQuantizer", "x86": "PT2E X86InductorQuantizer",
                    "fx": "FX {backend} qconfig"}
+REFERENCE = "reference.npz"  # inputs + float outputs for validation on targets
+REFERENCE_SAMPLES = 1000  # enough to judge accuracy within a point (see validate.MIN_ACCURACY_SAMPLES)
+REFERENCE_BYTES = 16 << 20  # at 224×224×3 that is 26 inputs
 CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory at 224×224)
 
 
@@ -60,10 +67,12 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
            checkpoint_dir: str | Path | None = None, eval_data: str | Path | None = None,
            check_samples: int | None = None, formats: Sequence[str] = FORMATS, precisions: Sequence[str] = PRECISIONS,
            per_channel: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-           resize: int | None = None, progress: bool = True) -> Manifest | None:
+           resize: int | None = None, validate_on_target: bool = True, runs: int = 20,
+           progress: bool = True) -> Manifest | None:
     """Quantize (static, or QAT with `training`) and export a model to every requested format, check
-    each artifact on the host, and write `out/manifest.json`. Returns the manifest, or None on the
-    other ranks of a torchrun job (rank 0 exports). Raises EdgeqError for bad input."""
+    each artifact on the host, write `out/manifest.json`, then validate on the target (set up on
+    first use; see edgeq.validate). Returns the manifest, or None on the other ranks of a torchrun
+    job (rank 0 exports). Raises EdgeqError for bad input."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
@@ -87,7 +96,7 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
                          "use data with the model's classes, or a model built for this data (e.g. ?num_classes=)")
 
     with qat.process_group(training.device if method == "qat" else "cpu") as world, \
-            _progress(progress and world.main) as bar:
+            progress_bars(progress and world.main) as bar:
         if method == "qat":
             if train_data is None and not loaded.builtin:
                 raise EdgeqError("--method qat needs --train-data: a labelled image folder (one subfolder per class)")
@@ -138,9 +147,10 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
             bar.update(task, description="exporting")
 
             t0 = time.perf_counter()
-            float_accuracy = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend,
-                                         target_spec.thresholds, method, bar)
+            float_accuracy, float_outputs = _host_check(loaded, preprocess, check, artifacts, stage, recipe.backend,
+                                                        target_spec.thresholds, method, bar)
             timings["host_check"] = time.perf_counter() - t0
+            reference = _write_reference(stage, preprocess, check, float_outputs)
             timings["total"] = time.perf_counter() - started
             classes = next((s.classes for s in (eval_set, labelled) if s is not None and _labels_fit(s, num_classes)), None)
             manifest = Manifest(
@@ -152,9 +162,17 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
                 data={**data_info,
                       "check": {**check.images.info(len(check.indices)), "held_out": _held_out(method, eval_set)},
                       "eval": eval_set.info(len(check.indices)) if eval_set is not None else None},
-                float_accuracy=float_accuracy, artifacts=artifacts, training=trained,
+                float_accuracy=float_accuracy, artifacts=artifacts, reference=reference, training=trained,
                 timings_s={k: round(v, 3) for k, v in timings.items()})
             manifest.write(stage)
+
+        if validate_on_target:
+            if target_spec.qemu_cpu and platform.machine() != "aarch64" and Emulator(cache_root() / "aarch64").missing():
+                log = bar.console.print if not bar.disable else (lambda _: None)
+                log(f"setting up the emulated target (once; cached in {cache_root()})")
+                provision_setup(log=lambda line: log(f"  {line}"))
+            validate(out, target, runs=runs, progress=bar)
+            manifest = Manifest.load(out)
     return manifest
 
 
@@ -217,9 +235,11 @@ def _export_one(fmt: str, model: torch.nn.Module, input_shape: tuple[int, ...], 
 
 
 def _host_check(loaded: LoadedModel, preprocess: Preprocess, check: CheckSet, artifacts: list[Artifact],
-                stage: Path, backend: str, thresholds: Thresholds, method: str, bar: Progress) -> float | None:
-    """Run every artifact with its own runtime on the held-out images; compare with the float model."""
-    runners = {a.key: load_runner(a.format, stage / a.path, backend) for a in artifacts}
+                stage: Path, backend: str, thresholds: Thresholds, method: str,
+                bar: Progress) -> tuple[float | None, np.ndarray]:
+    """Run every artifact with its own runtime on the held-out images; compare with the float model.
+    Returns the float model's accuracy and outputs."""
+    runners = {a.key: runner.load(a.format, str(stage / a.path), engine=backend) for a in artifacts}
     reference, outputs = [], {key: [] for key in runners}
     task = bar.add_task("checking artifacts on the host", total=len(check.indices) * max(1, len(runners)))
     for start in range(0, len(check.indices), CHECK_CHUNK):
@@ -232,7 +252,23 @@ def _host_check(loaded: LoadedModel, preprocess: Preprocess, check: CheckSet, ar
     ref = np.concatenate(reference)
     for a in artifacts:
         a.host_check = compare(ref, np.stack(outputs[a.key]), check.labels, a.precision, thresholds, method)
-    return None if check.labels is None else float(np.mean(ref.argmax(-1) == check.labels))
+    return None if check.labels is None else float(np.mean(ref.argmax(-1) == check.labels)), ref
+
+
+def _write_reference(stage: Path, preprocess: Preprocess, check: CheckSet, float_outputs: np.ndarray) -> dict:
+    """The first held-out inputs with the float model's outputs (and labels): what `edgeq validate`
+    runs on the target and compares against, with no model or data needed there."""
+    per_sample = 4 * preprocess.channels * preprocess.size[0] * preprocess.size[1]
+    n = max(1, min(len(check.indices), REFERENCE_SAMPLES, REFERENCE_BYTES // per_sample))
+    arrays = {"inputs": check.images.batch(preprocess, check.indices[:n]), "outputs": float_outputs[:n]}
+    if check.labels is not None:
+        arrays["labels"] = check.labels[:n]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = stage / REFERENCE
+    write_atomic(path, buffer.getvalue())
+    return {"path": REFERENCE, "samples": n, "labels": check.labels is not None, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
 
 
 def _labels_fit(images: ImageSet, num_classes: int) -> bool:
@@ -280,18 +316,6 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Progress]:
-    """Progress bars on stderr, so `--json` output on stdout stays clean."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled) as bar:
-        try:
-            yield bar
-        except BaseException:
-            bar.live.transient = True  # on failure the error line alone is the output
-            raise
 
 
 def check_output_folder(out: Path) -> None:

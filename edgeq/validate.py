@@ -1,14 +1,34 @@
-"""Validation against the float model: each artifact run by its own runtime, compared output by output."""
+"""Validation against the float model: each artifact run by its own runtime, compared output by
+output: on the host right after export, and on the target (QEMU aarch64 or the host) by `validate`."""
 
 from __future__ import annotations
 
-import numpy as np
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
-from edgeq.manifest import HostCheck
-from edgeq.targets import Thresholds
+import numpy as np
+from rich.progress import Progress
+
+from edgeq import runner
+from edgeq.errors import EdgeqError
+from edgeq.manifest import MANIFEST, Artifact, HostCheck, Manifest, sha256_file
+from edgeq.provision import Emulator, emulator
+from edgeq.targets import Target, Thresholds, load_target
 
 # fp32 artifacts must reproduce the float model almost exactly; int8 ones are held to the target.
 FP32_MIN_SQNR_DB = 40.0
+# The accuracy gate needs enough labelled images: on 100, one image is already a whole point.
+MIN_ACCURACY_SAMPLES = 1000
 
 
 def top1_agreement(reference: np.ndarray, outputs: np.ndarray) -> float:
@@ -47,9 +67,154 @@ def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | Non
         if method == "static":
             gates[f"sqnr_db >= {thresholds.min_sqnr_db:g}"] = sqnr >= thresholds.min_sqnr_db
         float_accuracy = accuracy(reference, labels)
-        if float_accuracy is not None and check.accuracy is not None:
+        if float_accuracy is not None and check.accuracy is not None and len(labels) >= MIN_ACCURACY_SAMPLES:
             gates[f"accuracy >= float - {thresholds.max_accuracy_drop:g}"] = \
                 check.accuracy >= float_accuracy - thresholds.max_accuracy_drop
     check.gates = [g for g in gates]
     check.passed = all(gates.values())
     return check
+
+
+# ---------------------------------------------------------------------------------------------
+# On the target: every artifact of an export run by edgeq/runner.py inside qemu-aarch64 (or on the
+# host for host targets), its outputs compared with the float model's, its latency measured.
+
+def validate(folder: str | Path, target: str | Path | None = None, *, runs: int = 20, warmup: int = 3,
+             threads: int = 1, samples: int | None = None, count_instructions: bool = False,
+             timeout: float = 900.0, thresholds: dict[str, float] | None = None,
+             progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    """Run each artifact of `folder` on `target` (default: the export's), compare it with the float
+    model's outputs in reference.npz, time it, and merge the results into manifest.json under
+    artifacts[].targets[<target>]. Returns {artifact key: result}. Raises EdgeqError for bad input;
+    an artifact that fails or crashes is recorded as failed, the others still run."""
+    started = time.perf_counter()
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    spec = load_target(target or manifest.target["name"])
+    limits = replace(spec.thresholds, **(thresholds or {}))
+    if runs < 1 or threads < 1 or warmup < 0 or (samples is not None and samples < 1):
+        raise EdgeqError("--runs, --threads and --samples must be at least 1 (--warmup at least 0)")
+    if manifest.reference is None:
+        raise EdgeqError(f"{folder / MANIFEST} has no reference inputs (an export from before edgeq validate): re-export")
+    for entry in (manifest.reference, *[asdict(a) for a in manifest.artifacts]):
+        _check_file(folder, entry["path"], entry["sha256"])
+    if spec.arch == "aarch64" and platform.machine() != "aarch64":
+        emu = emulator(spec.name, with_plugins=count_instructions)
+    elif count_instructions:
+        raise EdgeqError(f"--count-instructions needs an emulated target; {spec.name} runs on the host")
+    else:
+        emu = None
+    with np.load(folder / manifest.reference["path"]) as ref:
+        n = min(samples or len(ref["inputs"]), len(ref["inputs"]))
+        inputs, expected = ref["inputs"][:n], ref["outputs"][:n]
+        labels = ref["labels"][:n] if "labels" in ref.files else None
+    engine = manifest.quantization.get("backend", "qnnpack")
+
+    artifacts = [a for a in manifest.artifacts if a.format in spec.runtimes]
+    task = progress.add_task(f"validating on {spec.name}", total=len(artifacts)) if progress else None
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeq-validate-") as tmp:
+        work = Path(tmp)
+        np.save(work / "inputs.npy", inputs)
+        for a in artifacts:
+            if progress:
+                progress.update(task, description=f"validating {a.key} on {spec.name}")
+            result = _on_target(a, folder, work, spec, emu, engine, threads, warmup, runs, timeout)
+            if "error" not in result:
+                outputs = np.load(work / f"{a.precision}_{a.format}.out.npy")
+                check = compare(expected, outputs, labels, a.precision, limits, manifest.method)
+                result["check"] = asdict(check)
+                result["passed"] = bool(check.passed)
+                if count_instructions:
+                    result["instructions_per_inference"] = _instructions(a, folder, work, spec, emu, engine, timeout)
+            results[a.key] = result
+            a.targets[spec.name] = result
+            if progress:
+                progress.advance(task)
+    manifest.timings_s[f"validate_{spec.name}"] = round(time.perf_counter() - started, 3)
+    manifest.write(folder)
+    return results
+
+
+def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulator | None, engine: str,
+               threads: int, warmup: int, runs: int, timeout: float) -> dict[str, Any]:
+    """One runner process per artifact: a crash or hang loses that artifact only."""
+    stem = f"{a.precision}_{a.format}"
+    job = {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": threads,
+           "inputs": str(work / "inputs.npy"), "outputs": str(work / f"{stem}.out.npy"), "warmup": warmup,
+           "runs": runs, "result": str(work / f"{stem}.result.json")}
+    started = time.perf_counter()
+    proc = _run_runner(job, work / f"{stem}.job.json", spec, emu, threads, timeout)
+    where = "emulated" if emu else "host"
+    result: dict[str, Any] = {"target": spec.name, "where": where, "qemu_cpu": spec.qemu_cpu if emu else None,
+                              "threads": threads,
+                              "validated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if isinstance(proc, str) or proc.returncode != 0 or not Path(job["result"]).is_file():
+        detail = proc if isinstance(proc, str) else _last_lines(proc.stderr) or f"exit code {proc.returncode}"
+        return {**result, "passed": False, "error": f"runner failed on {spec.name}: {detail}"}
+    seen = json.loads(Path(job["result"]).read_text())
+    latencies = np.array(seen["latencies_ms"])
+    label = f"emulated: qemu-aarch64 -cpu {spec.qemu_cpu}, not device time" if emu else f"host ({platform.machine()})"
+    return {**result, "machine": seen["machine"], "cpu": seen["cpu"], "cpu_features": seen["cpu_features"],
+            "python": seen["python"], "import_s": round(seen["import_s"], 3), "load_s": round(seen["load_s"], 4),
+            # Under QEMU this is the emulator process's peak, translation buffers included.
+            "peak_rss_mb": round(seen["peak_rss_mb"], 1),
+            "latency_ms": {"median": float(np.median(latencies)), "p90": float(np.percentile(latencies, 90)),
+                           "trimmed_mean": _trimmed_mean(latencies), "runs": len(latencies), "warmup": warmup,
+                           "measured": label},
+            "wall_s": round(time.perf_counter() - started, 2)}
+
+
+def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulator | None, engine: str,
+                  timeout: float, n: int = 10) -> int | None:
+    """Guest instructions per inference: (runs=n) − (runs=0), both after one warm-up, so imports,
+    loading and first-run setup cancel out. Independent of the host's load."""
+    counts = []
+    for runs in (n, 0):
+        stem = f"{a.precision}_{a.format}.insn{runs}"
+        job = {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": 1,
+               "inputs": str(work / "inputs.npy"), "outputs": None, "warmup": 1, "runs": runs,
+               "result": str(work / f"{stem}.result.json")}
+        log = work / f"{stem}.plugin.log"
+        proc = _run_runner(job, work / f"{stem}.job.json", spec, emu, 1, timeout, plugin_log=log)
+        if isinstance(proc, str) or proc.returncode != 0 or not log.is_file():
+            return None
+        found = re.findall(r"insns:\s*(\d+)", log.read_text())
+        if not found:
+            return None
+        counts.append(int(found[-1]))
+    return round((counts[0] - counts[1]) / n)
+
+
+def _run_runner(job: dict[str, Any], job_file: Path, spec: Target, emu: Emulator | None, threads: int,
+                timeout: float, plugin_log: Path | None = None) -> subprocess.CompletedProcess[str] | str:
+    job_file.write_text(json.dumps(job))
+    script = [str(Path(runner.__file__).resolve()), str(job_file)]
+    if emu is None:
+        argv, env = [sys.executable, *script], {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    else:
+        argv, env = emu.command(spec.qemu_cpu or "max", script, threads, plugin_log is not None, plugin_log)
+    try:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:g} s (raise --timeout)"
+
+
+def _check_file(folder: Path, name: str, sha256: str) -> None:
+    path = folder / name
+    if not path.is_file():
+        raise EdgeqError(f"{path} is missing (listed in {MANIFEST}): re-export, or restore the file")
+    if sha256_file(path) != sha256:
+        raise EdgeqError(f"{path} does not match its sha256 in {MANIFEST}: the file was changed or corrupted "
+                         "after export; re-export it")
+
+
+def _trimmed_mean(values: np.ndarray, cut: float = 0.1) -> float:
+    k = int(len(values) * cut)
+    kept = np.sort(values)[k:len(values) - k] if len(values) > 2 * k else values
+    return float(np.mean(kept))
+
+
+def _last_lines(text: str, n: int = 2) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "cpuinfo" not in ln and "MIDR" not in ln]
+    return " | ".join(lines[-n:])[-400:]

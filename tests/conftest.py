@@ -30,6 +30,14 @@ def builtin_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path
     return json.loads(proc.stdout), out, proc
 
 
+@pytest.fixture(scope="session")
+def emulated_target():
+    """The emulated aarch64 target, set up in EDGEQ_CACHE (~/.cache/edgeq) on first use, as users do."""
+    from edgeq.provision import setup
+
+    return setup()
+
+
 def run_cli(*args: str) -> Result:
     """The CLI in-process (no new interpreter per call: torch imports once)."""
     return CliRunner().invoke(main, list(args), catch_exceptions=False)

@@ -129,7 +129,7 @@ def test_split_needs_the_models_classes_and_enough_images(builtin):
 
 
 # End to end, as users run it: the installed command, one process and two under torchrun.
-QAT_FAST = ["--method", "qat", "--epochs", "1", "--train-samples", "2048", "--val-samples", "512",
+QAT_FAST = ["--no-validate", "--method", "qat", "--epochs", "1", "--train-samples", "2048", "--val-samples", "512",
             "--check-samples", "1000"]
 
 
@@ -180,7 +180,7 @@ def test_ddp_on_two_processes_gives_the_same_quality(qat_export, tmp_path):
 def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "dist"
     checkpoint = tmp_path / "dist.qat" / "xnnpack.pt"
-    args = [EDGEQ, "export", "--method", "qat", "--epochs", "2", "--train-samples", "4096", "--val-samples", "256",
+    args = [EDGEQ, "export", "--no-validate", "--method", "qat", "--epochs", "2", "--train-samples", "4096", "--val-samples", "256",
             "--checkpoint-every", "10", "--formats", "pte", "--precisions", "int8", "--check-samples", "300",
             "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
-import numpy as np
+import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli
+from edgeq.manifest import Manifest, sha256_file
 from edgeq.targets import Thresholds
-from edgeq.validate import accuracy, compare, sqnr_db, top1_agreement
+from edgeq.validate import accuracy, compare, sqnr_db, top1_agreement, validate
 
 
 def test_sqnr_of_known_noise():
@@ -32,7 +39,7 @@ def test_compare_applies_thresholds():
 
 def test_qat_is_held_to_agreement_and_accuracy_not_sqnr():
     rng = np.random.default_rng(1)
-    ref = rng.normal(size=(200, 10))
+    ref = rng.normal(size=(1000, 10))  # the accuracy gate needs ≥ 1000 labelled samples
     labels = ref.argmax(-1)
     retrained = ref * 3 + rng.normal(scale=1e-4, size=ref.shape)  # same decisions, other logit scale
     static, qat = (compare(ref, retrained, labels, "int8", Thresholds(), m) for m in ("static", "qat"))
@@ -40,6 +47,113 @@ def test_qat_is_held_to_agreement_and_accuracy_not_sqnr():
     assert qat.top1_agreement == 1.0 and qat.passed
     assert qat.gates == ["top1_agreement >= 0.97", "accuracy >= float - 0.01"]
     worse = retrained.copy()
-    worse[:4] = -worse[:4]  # four more mistakes (2%) than the float model: agreement 98%, accuracy −2 points
+    worse[:20] = -worse[:20]  # 20 more mistakes (2%) than the float model: agreement 98%, accuracy −2 points
     drop = compare(ref, worse, labels, "int8", Thresholds(), "qat")
     assert drop.top1_agreement == 0.98 and drop.accuracy == 0.98 and not drop.passed
+    few = compare(ref[:999], worse[:999], labels[:999], "int8", Thresholds(), "qat")
+    assert few.passed and few.gates == ["top1_agreement >= 0.97"]  # 999 images cannot judge one point
+
+
+# --- on the target ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """int8 .pte and .onnx of the built-in model with 300 reference inputs, not yet validated."""
+    out = tmp_path_factory.mktemp("small") / "dist"
+    r = run_cli("export", "--no-validate", "--formats", "pte,onnx", "--precisions", "int8", "--check-samples", "300",
+                "-q", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / "dist"))
+
+
+@pytest.mark.qemu
+def test_export_validates_every_artifact_under_qemu(builtin_export):
+    manifest, _, _ = builtin_export
+    assert manifest["reference"]["samples"] == 1000
+    for a in manifest["artifacts"]:
+        r = a["targets"]["arm64"]
+        assert r["where"] == "emulated" and r["machine"] == "aarch64" and r["cpu"].startswith("Neoverse-N1"), r
+        assert r["passed"] and r["check"]["samples"] == 1000, r
+        assert r["latency_ms"]["measured"].startswith("emulated") and r["latency_ms"]["runs"] == 20
+        assert 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"]
+    assert manifest["timings_s"]["validate_arm64"] > 0
+
+
+def test_validate_on_the_host_target(small_export, tmp_path):
+    dist = _copy(small_export, tmp_path)
+    r = run_cli("validate", str(dist), "--target", "x86_64", "--runs", "5", "--json")
+    assert r.exit_code == 0, r.output
+    results = json.loads(r.stdout)
+    assert set(results) == {"int8 .pte", "int8 .onnx"}
+    for result in results.values():
+        assert result["where"] == "host" and result["latency_ms"]["measured"].startswith("host")
+        assert result["check"]["top1_agreement"] > 0.97
+    assert Manifest.load(dist).artifact("pte", "int8").targets["x86_64"] == results["int8 .pte"]
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "missing"])
+def test_damaged_artifact_is_refused(small_export, tmp_path, damage):
+    dist = _copy(small_export, tmp_path)
+    before = (dist / "manifest.json").read_bytes()
+    path = dist / "model_int8.onnx"
+    if damage == "missing":
+        path.unlink()
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    r = run_cli("validate", str(dist), "--target", "x86_64")
+    assert_user_error(r, "model_int8.onnx", "does not match its sha256" if damage == "corrupted" else "is missing")
+    assert (dist / "manifest.json").read_bytes() == before
+
+
+def test_unknown_target_and_missing_manifest(small_export, tmp_path):
+    assert_user_error(run_cli("validate", str(small_export), "--target", "pdp11"), "unknown target 'pdp11'")
+    assert_user_error(run_cli("validate", str(tmp_path)), "no manifest.json", "edgeq export")
+
+
+def test_timeout_is_reported_per_artifact(small_export, tmp_path):
+    dist = _copy(small_export, tmp_path)
+    r = run_cli("validate", str(dist), "--target", "x86_64", "--timeout", "0.2", "-q")
+    assert r.exit_code == 1
+    for a in Manifest.load(dist).artifacts:
+        assert "timed out after 0.2 s" in a.targets["x86_64"]["error"] and a.targets["x86_64"]["passed"] is False
+
+
+@pytest.mark.qemu
+def test_runner_crash_inside_the_emulator_keeps_the_others(small_export, tmp_path, emulated_target):
+    """A file the runtime cannot load (the manifest agrees with it, so it gets past the sha256 check)."""
+    dist = _copy(small_export, tmp_path)
+    bad = dist / "model_int8.onnx"
+    bad.write_bytes(b"not an onnx model" * 100)
+    manifest = Manifest.load(dist)
+    entry = manifest.artifact("onnx", "int8")
+    entry.bytes, entry.sha256 = bad.stat().st_size, sha256_file(bad)
+    manifest.write(dist)
+    r = run_cli("validate", str(dist), "--target", "cortex-a53", "--runs", "3")
+    assert r.exit_code == 1
+    assert "int8 .onnx failed" in r.stderr.strip().splitlines()[-1]
+    results = {a.key: a.targets["cortex-a53"] for a in Manifest.load(dist).artifacts}
+    assert "runner failed on cortex-a53" in results["int8 .onnx"]["error"] and not results["int8 .onnx"]["passed"]
+    assert results["int8 .pte"]["passed"] and results["int8 .pte"]["machine"] == "aarch64"
+    assert results["int8 .pte"]["cpu"].startswith("Cortex-A53")
+
+
+@pytest.mark.qemu
+def test_instruction_counts_differ_between_cpu_models(small_export, tmp_path, emulated_target):
+    """Cortex-A53 has no dot-product instructions; Cortex-A76 runs XNNPACK's SDOT kernels."""
+    from edgeq.provision import setup
+
+    setup(with_plugins=True)
+    dist = _copy(small_export, tmp_path)
+    counts = {}
+    for target in ("cortex-a53", "android-arm64"):
+        results = validate(dist, target, runs=3, count_instructions=True)
+        counts[target] = results["int8 .pte"]["instructions_per_inference"]
+        assert results["int8 .pte"]["passed"]
+    assert all(c and c > 100_000 for c in counts.values()), counts
+    assert counts["cortex-a53"] != counts["android-arm64"], counts

@@ -10,13 +10,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.export import Runner
 from edgeq.graph import export_failure
 from edgeq.quantize import export_graph, quiet
 
@@ -71,17 +69,3 @@ def unquantized_weighted_nodes(proto: onnx.ModelProto) -> list[str]:
             if producer is None or producer.op_type != "DequantizeLinear":
                 bad.append(f"{node.op_type} {node.name}")
     return bad
-
-
-def load(path: Path) -> Runner:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: keep the CLI's output readable
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: x})[0]
-
-    return run

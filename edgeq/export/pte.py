@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from pathlib import Path
-from typing import Iterator
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-from edgeq.export import Runner
 from edgeq.graph import export_failure
 from edgeq.quantize import export_graph, quiet
 
@@ -41,28 +34,3 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> dict[s
     path.write_bytes(executorch_program.buffer)
     return {"delegate": "XnnpackBackend", "delegated_subgraphs": int(info.num_delegated_subgraphs),
             "delegated_ops": int(info.num_delegated_nodes), "portable_ops": portable}
-
-
-def load(path: Path) -> Runner:
-    from executorch.runtime import Runtime
-
-    with _stderr_silenced():  # XNNPACK's cpuinfo logs its CPU probing to fd 2 on first load
-        method = Runtime.get().load_program(str(path)).load_method("forward")
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return method.execute([torch.from_numpy(x)])[0].numpy()
-
-    return run
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

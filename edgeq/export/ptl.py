@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.export import Runner
 from edgeq.quantize import quantized_engine, quiet
 
 FALLBACK_PASSES = ["freeze (constant propagation, conv-bn folding)", "remove_dropout"]
@@ -47,16 +45,3 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, backend: 
         mobile._save_for_lite_interpreter(str(path))
     details["quantized_engine"] = backend
     return details
-
-
-def load(path: Path, backend: str) -> Runner:
-    from torch.jit.mobile import _load_for_lite_interpreter
-
-    with quiet():
-        module = _load_for_lite_interpreter(str(path))
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with quiet(), quantized_engine(backend), torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
-
-    return run

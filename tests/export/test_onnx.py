@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgeq.errors import EdgeqError
+from edgeq.runner import load
 from edgeq.export import onnx
 from edgeq.models import load_model
 
@@ -18,7 +19,7 @@ def test_fp32_onnx_runs_in_onnxruntime_without_debug_metadata(tmp_path):
     assert not any(node.metadata_props for node in proto.graph.node)
     assert str(tmp_path) not in (tmp_path / "m.onnx").read_bytes().decode("latin-1")
     x = np.random.default_rng(0).normal(size=m.input_shape).astype(np.float32)
-    np.testing.assert_allclose(onnx.load(tmp_path / "m.onnx")(x), m.module(torch.from_numpy(x)).detach().numpy(),
+    np.testing.assert_allclose(load("onnx", str(tmp_path / "m.onnx"))(x), m.module(torch.from_numpy(x)).detach().numpy(),
                                atol=1e-4)
 
 

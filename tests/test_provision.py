@@ -1,0 +1,58 @@
+"""Provisioning the emulated target: steps are atomic, cached, and named when missing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgeq.errors import EdgeqError
+from edgeq.provision import Emulator, _building, cache_root, emulator, setup
+
+
+def test_missing_target_names_the_setup_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
+    with pytest.raises(EdgeqError, match="edgeq targets setup cortex-a53"):
+        emulator("cortex-a53")
+    assert cache_root() == tmp_path
+
+
+def test_a_step_without_its_marker_is_not_trusted(tmp_path):
+    emu = Emulator(tmp_path / "aarch64")
+    (emu.root / "wheels").mkdir(parents=True)  # e.g. copied by hand, or left by an older edgeq
+    assert "wheels" in emu.missing()
+
+
+def test_an_interrupted_step_leaves_nothing(tmp_path):
+    final = tmp_path / "sysroot"
+    with pytest.raises(KeyboardInterrupt):
+        with _building(final, "key") as tmp:
+            (tmp / "half-written").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with _building(final, "key") as tmp:
+        (tmp / "done").write_text("x")
+    assert sorted(p.name for p in final.iterdir()) == [".edgeq-step.json", "done"]
+
+
+@pytest.mark.qemu
+def test_setup_provisions_once_then_is_cached(emulated_target):
+    lines: list[str] = []
+    started = time.perf_counter()
+    emu = setup(log=lines.append)
+    assert time.perf_counter() - started < 30 and emu.missing() == []
+    assert [ln.split(":")[0] for ln in lines] == ["qemu", "sysroot", "wheels", "stubs"]
+    assert all("cached" in ln for ln in lines)
+    assert (emu.root / "qemu" / "qemu-aarch64").is_file() and emu.python.is_file()
+    assert "libcudart.so.13" in (emu.root / "stubs" / "STUBS").read_text()  # torch's CUDA build needs it
+
+
+@pytest.mark.qemu
+def test_emulated_python_is_aarch64_and_torch_sees_no_cuda(emulated_target):
+    import subprocess
+
+    argv, env = emulated_target.command("cortex-a53", ["-c", "import platform, torch; "
+                                                      "print(platform.machine(), torch.cuda.is_available())"], 1)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["aarch64", "False"]
