@@ -14,6 +14,21 @@ if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   fi
 fi
 
+# Host tools `edgeq targets setup` uses (readelf to read aarch64 libraries; a C toolchain, ninja and
+# pkg-config to build QEMU's instruction-count plugin). Usually present; installed when missing.
+missing=()
+for tool in readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+      || echo "setup: could not install ${missing[*]}; edgeq targets setup may fail" >&2
+  else
+    echo "setup: missing ${missing[*]} (needed by edgeq targets setup); install them with apt-get" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
