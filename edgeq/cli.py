@@ -16,6 +16,7 @@ from edgeq import qat as qat_options
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest
 from edgeq.progress import progress_bars
+from edgeq.report import print_terminal
 from edgeq.targets import FORMATS, list_targets, load_target
 
 
@@ -124,7 +125,8 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
     if as_json:
         click.echo(manifest.to_json())
     else:
-        print_summary(manifest, out)
+        print_terminal(manifest)
+        click.echo(f"manifest and reports: {out / 'manifest.json'}, {out / 'report.md'}, {out / 'report.html'}")
     _exit_if_failed(manifest, manifest.target["name"] if validate_on_target else None)
 
 
@@ -193,8 +195,24 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
-        print_target_summary(Manifest.load(folder), results)
+        print_terminal(Manifest.load(folder))
     _exit_if_failed(Manifest.load(folder), next((r["target"] for r in results.values()), None))
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--md", "md_path", type=click.Path(path_type=Path), default=None, help="also write Markdown here")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None, help="also write HTML here")
+def report_cmd(folder: Path, md_path: Path | None, html_path: Path | None) -> None:
+    """Size, accuracy and latency of an export, from its manifest.json: terminal, Markdown, HTML."""
+    from edgeq import report
+
+    manifest = _run(lambda: Manifest.load(folder))
+    print_terminal(manifest)
+    if md_path:
+        _run(lambda: report.write_one(md_path, report.markdown(manifest)))
+    if html_path:
+        _run(lambda: report.write_one(html_path, report.html(manifest)))
 
 
 def _exit_if_failed(manifest: Manifest, target: str | None) -> None:
@@ -205,69 +223,6 @@ def _exit_if_failed(manifest: Manifest, target: str | None) -> None:
         where = f"on the host or on {target}" if target else "on the host"
         click.echo(f"edgeq: error: {', '.join(failed)} failed {where} (see above)", err=True)
         sys.exit(1)
-
-
-def print_summary(manifest: Manifest, out: Path) -> None:
-    console = Console()
-    table = Table(title=f"{manifest.model['source']} → {out} (target {manifest.target['name']}, "
-                        f"checked on the host, {manifest.data['check']['images']} held-out images)")
-    for col in ("artifact", "size", "÷fp32", "agree", "SQNR dB", "max err", "accuracy", "ok"):
-        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
-    fp32 = {a.format: a.bytes for a in manifest.artifacts if a.precision == "fp32"}
-    for a in manifest.artifacts:
-        c = a.host_check
-        ratio = f"{a.bytes / fp32[a.format]:.2f}×" if a.format in fp32 else "–"
-        if c is None:
-            table.add_row(a.key, _size(a.bytes), ratio, *["–"] * 5)
-            continue
-        table.add_row(a.key, _size(a.bytes), ratio, f"{c.top1_agreement:.2%}",
-                      "identical" if c.sqnr_db is None else f"{c.sqnr_db:.1f}", f"{c.max_abs_err:.3g}",
-                      "–" if c.accuracy is None else f"{c.accuracy:.2%}",
-                      "[green]✓[/]" if c.passed else "[red]✗[/]")
-    console.print(table)
-    target = manifest.target["name"]
-    if any(target in a.targets for a in manifest.artifacts):
-        print_target_summary(manifest, {a.key: a.targets[target] for a in manifest.artifacts if target in a.targets})
-    if manifest.training:
-        t = manifest.training
-        for flow in t["flows"]:
-            console.print(f"QAT {flow['flow']}: {len(flow['epochs'])} epochs in {flow['seconds']:.0f} s on {t['device']} "
-                          f"× {t['processes']} process(es); best epoch {flow['best_epoch']}, "
-                          f"{flow['best_val_accuracy']:.2%} on {manifest.data['validation']} held-out training images")
-    if manifest.float_accuracy is not None:
-        console.print(f"float model accuracy: {manifest.float_accuracy:.2%} on {manifest.data['eval']['source']}")
-    console.print(f"export took {manifest.timings_s['total']:.0f} s; manifest: {out / 'manifest.json'}")
-
-
-def print_target_summary(manifest: Manifest, results: dict[str, dict]) -> None:
-    """One row per artifact run on the target: agreement, accuracy, load time, latency, instructions."""
-    ran = [r for r in results.values() if "error" not in r]
-    first = ran[0] if ran else next(iter(results.values()), {})
-    where = (f"emulated: qemu-aarch64 -cpu {first.get('qemu_cpu')}, not device time"
-             if first.get("where") == "emulated" else "host")
-    seen = f"{first['machine']}, {first['cpu']}" if ran else "nothing ran"
-    table = Table(title=f"on {seen} ({where}); vs the float model on "
-                        f"{manifest.reference['samples'] if manifest.reference else '?'} reference inputs")
-    for col in ("artifact", "agree", "dB", "acc", "load s", "med ms", "p90 ms", "insn/inf", "RSS MB", "ok"):
-        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
-    for key, r in results.items():
-        if "error" in r:
-            table.add_row(key, *["–"] * 8, "[red]✗[/]")
-            continue
-        c, lat, insns = r["check"], r["latency_ms"], r.get("instructions_per_inference")
-        table.add_row(key, f"{c['top1_agreement']:.1%}", "exact" if c["sqnr_db"] is None else f"{c['sqnr_db']:.0f}",
-                      "–" if c["accuracy"] is None else f"{c['accuracy']:.1%}", f"{r['load_s']:.2f}",
-                      f"{lat['median']:.2f}", f"{lat['p90']:.2f}", "–" if insns is None else f"{insns / 1e6:.2f} M",
-                      f"{r['peak_rss_mb']:.0f}", "[green]✓[/]" if r["passed"] else "[red]✗[/]")
-    console = Console()
-    console.print(table)
-    for key, r in results.items():
-        if "error" in r:
-            console.print(f"[red]{key}[/]: {r['error']}")
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def _run(fn: Callable[[], Any]) -> Any:

@@ -33,7 +33,7 @@ from edgeq.models import LoadedModel, load_model
 from edgeq.progress import progress_bars
 from edgeq.provision import Emulator, cache_root
 from edgeq.provision import setup as provision_setup
-from edgeq import qat
+from edgeq import qat, report
 from edgeq.qat import TrainConfig
 from edgeq.quantize import QuantRecipe, quantize_static, quantizer_for
 from edgeq.targets import FORMATS, Thresholds, load_target
@@ -165,6 +165,7 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
                 float_accuracy=float_accuracy, artifacts=artifacts, reference=reference, training=trained,
                 timings_s={k: round(v, 3) for k, v in timings.items()})
             manifest.write(stage)
+            report.write(stage, manifest)
 
         if validate_on_target:
             if target_spec.qemu_cpu and platform.machine() != "aarch64" and Emulator(cache_root() / "aarch64").missing():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from edgeq import runner
+from edgeq import report, runner
 from edgeq.errors import EdgeqError
 from edgeq.manifest import MANIFEST, Artifact, HostCheck, Manifest, sha256_file
 from edgeq.provision import Emulator, emulator
@@ -133,6 +133,7 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
                 progress.advance(task)
     manifest.timings_s[f"validate_{spec.name}"] = round(time.perf_counter() - started, 3)
     manifest.write(folder)
+    report.write(folder, manifest)
     return results
 
 

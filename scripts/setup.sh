@@ -17,7 +17,8 @@ fi
 # Host tools `edgeq targets setup` uses (readelf to read aarch64 libraries; a C toolchain, ninja and
 # pkg-config to build QEMU's instruction-count plugin). Usually present; installed when missing.
 missing=()
-for tool in readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config; do
+# chromium: the report test renders report.html headless (skipped without it).
+for tool in readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,248 @@
+"""Reports from manifest.json alone: how much smaller, how much faster, how much worse.
+
+One table model (`tables`) rendered three ways: rich tables in the terminal, GitHub-flavoured
+Markdown (short enough for a pull request or a CI job summary), and one self-contained HTML file
+with the plots embedded as PNG data (no network). Works on manifests of older runs: what a run did
+not measure shows as "–".
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import EdgeqError
+from edgeq.manifest import Manifest, write_atomic
+
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+DASH = "–"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    ok: list[bool | None]  # per row: passed, failed, or not judged
+
+
+def tables(m: Manifest) -> list[Table]:
+    """The host check, then one table per target the artifacts were validated on."""
+    fp32 = {a.format: a.bytes for a in m.artifacts if a.precision == "fp32"}
+    host = Table(f"Host check: {m.model.get('source')} for {m.target.get('name')} ({m.method}), against the float model "
+                 f"on {m.data.get('check', {}).get('images', '?')} held-out images",
+                 ["artifact", "size", "÷fp32", "agreement", "SQNR dB", "accuracy"], [], [])
+    for a in m.artifacts:
+        c = a.host_check
+        host.rows.append([a.key, _size(a.bytes), f"{a.bytes / fp32[a.format]:.2f}×" if a.format in fp32 else DASH,
+                          _pct(c.top1_agreement) if c else DASH, _db(c.sqnr_db) if c else DASH,
+                          _pct(c.accuracy) if c else DASH])
+        host.ok.append(c.passed if c else None)
+    out = [host]
+    for target in _targets(m):
+        runs = {a.key: a.targets[target] for a in m.artifacts if target in a.targets}
+        first = next((r for r in runs.values() if "error" not in r), {})
+        seen = f"{first.get('machine')}, {first.get('cpu')}" if first else "nothing ran"
+        where = first.get("latency_ms", {}).get("measured", "host")
+        n = (m.reference or {}).get("samples", "?")
+        t = Table(f"On {target}: {seen}; {n} reference inputs against the float model; latency {where}",
+                  ["artifact", "agreement", "SQNR dB", "accuracy", "median ms", "p90 ms", "instructions/inference",
+                   "load s"], [], [])
+        for key, r in runs.items():
+            if "error" in r:
+                t.rows.append([key, r["error"][:120], *[DASH] * 6])
+            else:
+                c, lat, insns = r["check"], r["latency_ms"], r.get("instructions_per_inference")
+                t.rows.append([key, _pct(c["top1_agreement"]), _db(c["sqnr_db"]), _pct(c["accuracy"]),
+                               f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{insns / 1e6:.2f} M" if insns else DASH,
+                               f"{r['load_s']:.2f}"])
+            t.ok.append(bool(r.get("passed")))
+        out.append(t)
+    return out
+
+
+def notes(m: Manifest) -> list[str]:
+    lines = []
+    if m.float_accuracy is not None:
+        lines.append(f"Float model accuracy: {m.float_accuracy:.2%} on {(m.data.get('eval') or {}).get('source', '?')}.")
+    for flow in (m.training or {}).get("flows", []):
+        lines.append(f"QAT {flow['flow']}: {len(flow['epochs'])} epochs in {flow['seconds']:.0f} s on "
+                     f"{m.training['device']} × {m.training['processes']} process(es); best epoch {flow['best_epoch']} "
+                     f"({flow['best_val_accuracy']:.2%} on {m.data.get('validation')} held-out training images).")
+    if "total" in m.timings_s:
+        validations = [f"validation on {k[len('validate_'):]} {v:.0f} s" for k, v in m.timings_s.items()
+                       if k.startswith("validate_")]
+        lines.append("; ".join([f"Export took {m.timings_s['total']:.0f} s on the host", *validations]) + ".")
+    return lines
+
+
+def print_terminal(m: Manifest, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = console or Console()
+    for t in tables(m):
+        table = RichTable(title=t.title)
+        for col in (*t.columns, "ok"):
+            table.add_column(col, justify="left" if col == "artifact" else "right", overflow="fold")
+        for row, ok in zip(t.rows, t.ok):
+            table.add_row(*row, {True: "[green]✓[/]", False: "[red]✗ FAIL[/]", None: DASH}[ok])
+        console.print(table)
+    for line in notes(m):
+        console.print(line)
+
+
+def markdown(m: Manifest) -> str:
+    parts = [f"## edgeq: {m.model.get('source')} → {m.target.get('name')} ({m.method})", ""]
+    for t in tables(m):
+        parts += [f"**{t.title}**", "", "| " + " | ".join([*t.columns, "ok"]) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * len(t.columns)) + "|"]
+        for row, ok in zip(t.rows, t.ok):
+            cells = [c.replace("|", "\\|") for c in row]
+            parts.append("| " + " | ".join([*cells, {True: "✅", False: "❌ **fail**", None: DASH}[ok]]) + " |")
+        parts.append("")
+    parts += [f"- {line}" for line in notes(m)]
+    parts.append(f"- edgeq {m.edgeq_version}, torch {m.versions.get('torch')}, executorch {m.versions.get('executorch')}, "
+                 f"onnxruntime {m.versions.get('onnxruntime')}; created {m.created}.")
+    return "\n".join(parts) + "\n"
+
+
+def html(m: Manifest) -> str:
+    esc = html_lib.escape
+    body = [f"<h1>edgeq: {esc(str(m.model.get('source')))} → {esc(str(m.target.get('name')))} ({esc(m.method)})</h1>"]
+    for t in tables(m):
+        head = "".join(f"<th>{esc(c)}</th>" for c in (*t.columns, "ok"))
+        rows = "".join(
+            f"<tr class='{ {True: 'pass', False: 'fail', None: ''}[ok] }'>" + "".join(f"<td>{esc(c)}</td>" for c in row)
+            + f"<td>{ {True: '✓', False: '✗ FAIL', None: DASH}[ok] }</td></tr>" for row, ok in zip(t.rows, t.ok))
+        body.append(f"<h2>{esc(t.title)}</h2><table><tr>{head}</tr>{rows}</table>")
+    body.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in notes(m)) + "</ul>")
+    body.append("<h2>Plots</h2>")
+    for title, png in plots(m):
+        body.append(f"<figure><img alt='{esc(title)}' src='data:image/png;base64,{png}'>"
+                    f"<figcaption>{esc(title)}</figcaption></figure>")
+    body.append("<h2>Environment</h2><table>" + "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in environment(m).items()) + "</table>")
+    # Marks each plot with its decoded width, so a headless browser's DOM dump shows the plots rendered.
+    script = ("<script>window.addEventListener('load',()=>document.querySelectorAll('img').forEach("
+              "i=>i.setAttribute('data-rendered-width',i.naturalWidth)));</script>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgeq report</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th{text-align:left}"
+            "tr.fail td{background:#fdd}tr.pass td:last-child{color:#080}img{max-width:100%}"
+            f"</style></head><body>{''.join(body)}{script}</body></html>\n")
+
+
+def environment(m: Manifest) -> dict[str, str]:
+    env = {"edgeq": m.edgeq_version, "created": m.created, **{k: v for k, v in m.versions.items()},
+           "target": f"{m.target.get('name')}: {m.target.get('description')}",
+           "quantization": ", ".join(f"{k}={v}" for k, v in m.quantization.items())}
+    for target in _targets(m):
+        r = next((a.targets[target] for a in m.artifacts if "error" not in a.targets.get(target, {"error": 1})), None)
+        if r:
+            env[f"ran on ({target})"] = (f"{r['machine']}, {r['cpu']}, {r['threads']} thread(s); "
+                                         f"{r['latency_ms']['measured']}")
+    return env
+
+
+def plots(m: Manifest) -> list[tuple[str, str]]:
+    """(title, base64 PNG): size per format; latency per format and target; accuracy against size;
+    instructions per inference when counted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figures = []
+    formats = list(dict.fromkeys(a.format for a in m.artifacts))
+    precisions = list(dict.fromkeys(a.precision for a in m.artifacts))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, p in enumerate(precisions):
+        sizes = [next((a.bytes / 1e3 for a in m.artifacts if a.format == f and a.precision == p), 0) for f in formats]
+        ax.bar([x + i * 0.8 / len(precisions) for x in range(len(formats))], sizes, 0.8 / len(precisions), label=p)
+    ax.set_xticks([x + 0.4 - 0.4 / len(precisions) for x in range(len(formats))], [f".{f}" for f in formats])
+    ax.set_ylabel("kB")
+    ax.legend()
+    figures.append(("Artifact size per format, fp32 vs int8", fig))
+
+    latency = [(t, a.key, a.targets[t]["latency_ms"]) for t in _targets(m) for a in m.artifacts
+               if "latency_ms" in a.targets.get(t, {})]
+    if latency:
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(latency) + 1.2))
+        labels = [f"{t}: {key}" for t, key, _ in latency]
+        ax.barh(labels, [lat["median"] for _, _, lat in latency],
+                xerr=[[0] * len(latency), [lat["p90"] - lat["median"] for _, _, lat in latency]])
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per inference (median, bar to p90)")
+        where = {lat["measured"].split(":")[0] for _, _, lat in latency}
+        figures.append((f"Latency per format and target ({' and '.join(sorted(where))}; emulated time is not device "
+                        "time)", fig))
+    counted = [(t, a.key, a.targets[t]["instructions_per_inference"]) for t in _targets(m) for a in m.artifacts
+               if a.targets.get(t, {}).get("instructions_per_inference")]
+    if counted:
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(counted) + 1.2))
+        ax.barh([f"{t}: {key}" for t, key, _ in counted], [n / 1e6 for _, _, n in counted], color="tab:green")
+        ax.invert_yaxis()
+        ax.set_xlabel("million guest instructions per inference (QEMU insn plugin)")
+        figures.append(("Instructions per inference on the emulated CPUs (load-independent)", fig))
+
+    checked = [a for a in m.artifacts if a.host_check]
+    if checked:
+        use_accuracy = all(a.host_check.accuracy is not None for a in checked)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels: dict[tuple[str, float], list[Any]] = {}  # artifacts on the same spot share one label
+        for a in checked:
+            y = 100 * (a.host_check.accuracy if use_accuracy else a.host_check.top1_agreement)
+            ax.scatter(a.bytes / 1e3, y, marker="o" if a.precision == "int8" else "s")
+            labels.setdefault((a.precision, round(y, 4)), []).append(a)
+        for (precision, y), group in labels.items():
+            text = f"{precision} " + ", ".join(f".{a.format}" for a in group)
+            ax.annotate(text, (group[0].bytes / 1e3, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if use_accuracy and m.float_accuracy is not None:
+            ax.axhline(100 * m.float_accuracy, linestyle="--", color="grey", label="float model")
+            ax.legend()
+        ax.set_xlabel("size (kB)")
+        ax.set_ylabel("accuracy (%)" if use_accuracy else "top-1 agreement with the float model (%)")
+        figures.append((("Accuracy" if use_accuracy else "Agreement") + " against size (host check)", fig))
+
+    encoded = []
+    for title, fig in figures:
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        encoded.append((title, base64.b64encode(buffer.getvalue()).decode()))
+    return encoded
+
+
+def write(folder: Path, m: Manifest | None = None) -> None:
+    """report.md and report.html next to the manifest."""
+    m = m or Manifest.load(folder)
+    write_one(folder / REPORT_MD, markdown(m))
+    write_one(folder / REPORT_HTML, html(m))
+
+
+def write_one(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise EdgeqError(f"cannot write {path}: folder {path.parent} does not exist")
+    write_atomic(path, text.encode())
+
+
+def _targets(m: Manifest) -> list[str]:
+    return list(dict.fromkeys(t for a in m.artifacts for t in a.targets))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _pct(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2%}"
+
+
+def _db(x: float | None) -> str:
+    return "identical" if x is None else f"{x:.1f}"
