@@ -24,6 +24,7 @@ from torch.fx import GraphModule
 
 from edgeq.errors import EdgeqError
 from edgeq.graph import export_failure
+from edgeq.runner import quantized_engine
 
 BACKENDS = ("qnnpack", "x86")
 
@@ -53,17 +54,6 @@ def quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def quantized_engine(backend: str) -> Iterator[None]:
-    """torch's quantized CPU engine is process-wide: set it for the block, then restore it."""
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = backend
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
 
 
 def export_graph(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bool = False) -> torch.export.ExportedProgram:

@@ -80,19 +80,19 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
     if fmt == "ptl":
         from torch.jit.mobile import _load_for_lite_interpreter
 
-        with warnings.catch_warnings(), _quantized_engine(engine):  # weights are repacked at load, for the engine
+        with warnings.catch_warnings(), quantized_engine(engine):  # weights are repacked at load, for the engine
             warnings.simplefilter("ignore")
             module = _load_for_lite_interpreter(path)
 
         def run(x: np.ndarray) -> np.ndarray:
-            with _quantized_engine(engine), torch.no_grad():
+            with quantized_engine(engine), torch.no_grad():
                 return module(torch.from_numpy(x)).numpy()
         return run
     raise ValueError(f"unknown format {fmt!r}")
 
 
 @contextlib.contextmanager
-def _quantized_engine(engine: str) -> Iterator[None]:
+def quantized_engine(engine: str) -> Iterator[None]:
     """torch's quantized engine is process-wide: set it for the block only. On aarch64 the default
     is "x86", which has no arm kernels: the qnnpack artifacts need "qnnpack"."""
     import torch

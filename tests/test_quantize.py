@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize import QuantRecipe, prepare, quantize_static, quantized_engine, quantizer_for
+from edgeq.quantize import QuantRecipe, prepare, quantize_static, quantizer_for
+from edgeq.runner import quantized_engine
 from edgeq.validate import sqnr_db
 
 SHAPE = (1, 1, 28, 28)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize import quantized_engine, quiet
+from edgeq.quantize import quiet
+from edgeq.runner import quantized_engine
 
 FALLBACK_PASSES = ["freeze (constant propagation, conv-bn folding)", "remove_dropout"]
 
