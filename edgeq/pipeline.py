@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,29 +103,22 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
             split = qat.TrainSplit.of(open_images(train_data or FASHION_MNIST, "train"), training, num_classes, world)
             check = _check_set(eval_set, check_samples, num_classes) if eval_set is not None else \
                 CheckSet(split.images, split.val[:check_samples], split.images.labels[split.val[:check_samples]])
-            labelled = split.images
-            data_info = {"training": split.images.info(len(split.train)), "validation": len(split.val)}
             checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.name}.qat")
             quantized, records = _train(loaded, recipe, formats, training, split, preprocess, checkpoints, resume,
                                         world, bar, timings) if "int8" in precisions else ({}, [])
             if not world.main:
                 return None
+            labelled, data_info = split.images, {"training": split.images.info(len(split.train)),
+                                                 "validation": len(split.val)}
             trained = {"config": training.to_dict(), "processes": world.size, "checkpoints": str(checkpoints),
                        "device": str(qat.resolve_device(training.device, world)),
                        "flows": [asdict(r) for r in records]}
         else:
-            calib_set = open_images(calib_data or FASHION_MNIST, "train")
-            calib_indices, check = _split(calib_set, eval_set, recipe.calib_samples, check_samples, num_classes)
-            calib = _preprocess_all(calib_set, preprocess, calib_indices, bar, "preprocessing calibration images")
-
-            def calibration(label: str) -> Iterator[np.ndarray]:
-                t = bar.add_task(f"calibrating ({label})", total=len(calib))
-                for i in range(0, len(calib), recipe.calib_batch):
-                    yield calib[i:i + recipe.calib_batch]
-                    bar.advance(t, len(calib[i:i + recipe.calib_batch]))
-
-            quantized = _calibrate(loaded, recipe, formats, calibration, timings) if "int8" in precisions else {}
-            labelled, data_info, trained = calib_set, {"calibration": calib_set.info(len(calib_indices))}, None
+            labelled = open_images(calib_data or FASHION_MNIST, "train")
+            calib_indices, check = _split(labelled, eval_set, recipe.calib_samples, check_samples, num_classes)
+            quantized = _calibrate(loaded, recipe, formats, labelled, calib_indices, preprocess, bar, timings) \
+                if "int8" in precisions else {}
+            data_info, trained = {"calibration": labelled.info(len(calib_indices))}, None
 
         with staged_output(out) as stage:
             artifacts = []
@@ -177,15 +170,29 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
     return manifest
 
 
-def _calibrate(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str],
-               calibration: Callable[[str], Iterator[np.ndarray]], timings: dict[str, float]) -> dict[str, torch.nn.Module]:
-    """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86)."""
+def _calibrate(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str], images: ImageSet,
+               indices: range, preprocess: Preprocess, bar: Progress,
+               timings: dict[str, float]) -> dict[str, torch.nn.Module]:
+    """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86),
+    all calibrated on the same preprocessed images."""
+    task = bar.add_task("preprocessing calibration images", total=len(indices))
+    chunks = []
+    for i in range(0, len(indices), 64):
+        chunks.append(images.batch(preprocess, indices[i:i + 64]))
+        bar.advance(task, len(chunks[-1]))
+    calib = np.concatenate(chunks)
     quantized: dict[str, torch.nn.Module] = {}
     for flow in _flows(formats, recipe):
         t0 = time.perf_counter()
         label = f"FX {recipe.backend}, for .ptl" if flow == "fx" else f"PT2E {flow}"
-        quantized[flow] = quantize_static(flow, loaded.module, loaded.input_shape, recipe,
-                                          lambda: calibration(label))  # noqa: B023 - called right here
+
+        def calibration() -> Iterator[np.ndarray]:
+            t = bar.add_task(f"calibrating ({label})", total=len(calib))  # noqa: B023 - used in this iteration
+            for i in range(0, len(calib), recipe.calib_batch):
+                yield calib[i:i + recipe.calib_batch]
+                bar.advance(t, len(calib[i:i + recipe.calib_batch]))
+
+        quantized[flow] = quantize_static(flow, loaded.module, loaded.input_shape, recipe, calibration)
         timings[f"quantize_{flow}"] = time.perf_counter() - t0
     return quantized
 
@@ -214,16 +221,6 @@ def _held_out(method: str, eval_set: ImageSet | None) -> str:
     if eval_set is not None:
         return "eval data"
     return "training images held out from QAT" if method == "qat" else "calibration images not used for calibration"
-
-
-def _preprocess_all(images: ImageSet, preprocess: Preprocess, indices: Sequence[int], bar: Progress,
-                    label: str) -> np.ndarray:
-    task = bar.add_task(label, total=len(indices))
-    chunks = []
-    for i in range(0, len(indices), 64):
-        chunks.append(images.batch(preprocess, indices[i:i + 64]))
-        bar.advance(task, len(chunks[-1]))
-    return np.concatenate(chunks)
 
 
 def _export_one(fmt: str, model: torch.nn.Module, input_shape: tuple[int, ...], path: Path,

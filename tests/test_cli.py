@@ -58,7 +58,7 @@ def test_summary_table(tmp_path):
     result = run_cli("export", "--no-validate", "--out", str(tmp_path / "dist"), "--formats", "onnx", "--precisions", "int8",
                      "--check-samples", "300", "-q")
     assert result.exit_code == 0, result.output
-    assert "int8 .onnx" in result.stdout and "float model accuracy" in result.stdout
+    assert "int8 .onnx" in result.stdout and "Float model accuracy" in result.stdout
 
 
 def test_reexport_into_own_folder_replaces_it(tmp_path):
@@ -67,7 +67,8 @@ def test_reexport_into_own_folder_replaces_it(tmp_path):
         result = run_cli("export", "--no-validate", "--out", str(out), "--formats", "pte", "--precisions", "fp32",
                          "--check-samples", "50", "-q")
         assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.pte", "reference.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.pte", "reference.npz", "report.html",
+                                                     "report.md"]
     assert [p.name for p in tmp_path.iterdir()] == ["dist"]
 
 
