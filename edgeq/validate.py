@@ -70,7 +70,7 @@ def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | Non
         if float_accuracy is not None and check.accuracy is not None and len(labels) >= MIN_ACCURACY_SAMPLES:
             gates[f"accuracy >= float - {thresholds.max_accuracy_drop:g}"] = \
                 check.accuracy >= float_accuracy - thresholds.max_accuracy_drop
-    check.gates = [g for g in gates]
+    check.gates = list(gates)
     check.passed = all(gates.values())
     return check
 
@@ -141,9 +141,7 @@ def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulato
                threads: int, warmup: int, runs: int, timeout: float) -> dict[str, Any]:
     """One runner process per artifact: a crash or hang loses that artifact only."""
     stem = f"{a.precision}_{a.format}"
-    job = {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": threads,
-           "inputs": str(work / "inputs.npy"), "outputs": str(work / f"{stem}.out.npy"), "warmup": warmup,
-           "runs": runs, "result": str(work / f"{stem}.result.json")}
+    job = _job(a, folder, work, stem, engine, threads, warmup, runs, outputs=True)
     started = time.perf_counter()
     proc = _run_runner(job, work / f"{stem}.job.json", spec, emu, threads, timeout)
     where = "emulated" if emu else "host"
@@ -173,9 +171,7 @@ def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emul
     counts = []
     for runs in (n, 0):
         stem = f"{a.precision}_{a.format}.insn{runs}"
-        job = {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": 1,
-               "inputs": str(work / "inputs.npy"), "outputs": None, "warmup": 1, "runs": runs,
-               "result": str(work / f"{stem}.result.json")}
+        job = _job(a, folder, work, stem, engine, threads=1, warmup=1, runs=runs, outputs=False)
         log = work / f"{stem}.plugin.log"
         proc = _run_runner(job, work / f"{stem}.job.json", spec, emu, 1, timeout, plugin_log=log)
         if isinstance(proc, str) or proc.returncode != 0 or not log.is_file():
@@ -185,6 +181,14 @@ def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emul
             return None
         counts.append(int(found[-1]))
     return round((counts[0] - counts[1]) / n)
+
+
+def _job(a: Artifact, folder: Path, work: Path, stem: str, engine: str, threads: int, warmup: int, runs: int,
+         outputs: bool) -> dict[str, Any]:
+    """What edgeq/runner.py reads: the artifact, its runtime's settings, where to write."""
+    return {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": threads,
+            "inputs": str(work / "inputs.npy"), "outputs": str(work / f"{stem}.out.npy") if outputs else None,
+            "warmup": warmup, "runs": runs, "result": str(work / f"{stem}.result.json")}
 
 
 def _run_runner(job: dict[str, Any], job_file: Path, spec: Target, emu: Emulator | None, threads: int,
