@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,11 @@ class Emulator:
             qemu = [str(plugins / "qemu-aarch64"), "-plugin", f"{plugins / 'libinsn.so'},inline=on", "-d", "plugin",
                     "-D", str(plugin_log)]
             env["LD_LIBRARY_PATH"] = str(plugins / "lib")
+            # Repeatable counts: idle threads sleep instead of spinning (a spin counts instructions for as
+            # long as it waits), and fixed addresses (no ASLR) keep allocators on the same paths.
+            guest.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="0")
+            if shutil.which("setarch"):
+                qemu = ["setarch", platform.machine(), "-R", *qemu]
         else:
             qemu = [str(self.root / "qemu" / "qemu-aarch64")]
         args = [*qemu, "-cpu", cpu, "-L", str(self.root / "sysroot")]

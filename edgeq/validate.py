@@ -29,6 +29,8 @@ from edgeq.targets import Target, Thresholds, load_target
 FP32_MIN_SQNR_DB = 40.0
 # The accuracy gate needs enough labelled images: on 100, one image is already a whole point.
 MIN_ACCURACY_SAMPLES = 1000
+# Instruction counting runs about this many emulated seconds of inferences (10 to 500 of them).
+COUNT_SECONDS = 5.0
 
 
 def top1_agreement(reference: np.ndarray, outputs: np.ndarray) -> float:
@@ -126,7 +128,9 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
                 result["check"] = asdict(check)
                 result["passed"] = bool(check.passed)
                 if count_instructions:
-                    result["instructions_per_inference"] = _instructions(a, folder, work, spec, emu, engine, timeout)
+                    n = int(np.clip(COUNT_SECONDS * 1e3 / result["latency_ms"]["median"], 10, 500))
+                    result["instructions_per_inference"] = _instructions(a, folder, work, spec, emu, engine, timeout, n)
+                    result["instructions_counted_over"] = n
             results[a.key] = result
             a.targets[spec.name] = result
             if progress:
@@ -165,9 +169,10 @@ def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulato
 
 
 def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulator | None, engine: str,
-                  timeout: float, n: int = 10) -> int | None:
+                  timeout: float, n: int) -> int | None:
     """Guest instructions per inference: (runs=n) − (runs=0), both after one warm-up, so imports,
-    loading and first-run setup cancel out. Independent of the host's load."""
+    loading and first-run setup cancel out. Independent of the host's load. What does not cancel
+    (start-up varies by ~0.5 M instructions of ~7 G) is spread over the n runs."""
     counts = []
     for runs in (n, 0):
         stem = f"{a.precision}_{a.format}.insn{runs}"
