@@ -52,7 +52,8 @@ PURE_DEPS = ("flatbuffers", "packaging", "protobuf", "typing-extensions", "sympy
              "MarkupSafe", "networkx", "fsspec", "ruamel.yaml", "pyyaml", "tabulate")
 PLATFORM = ("--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
             "--implementation", "cp")
-PLUGIN_BUILD_TOOLS = ("meson==1.8.5", "pycotap", "ninja")
+PLUGIN_BUILD_TOOLS = ("meson==1.8.5", "pycotap", "ninja")  # from PyPI, into a build venv
+PLUGIN_HOST_TOOLS = ("cc", "pkg-config")  # and a C compiler and pkg-config from the host
 Log = Callable[[str], None]
 
 
@@ -115,9 +116,10 @@ def emulator(target_name: str, with_plugins: bool = False) -> Emulator:
 
 def setup(with_plugins: bool = False, log: Log = lambda _: None) -> Emulator:
     """Provision every missing step (idempotent: done steps are skipped)."""
-    for tool in ("apt-get", "dpkg-deb", "readelf"):
+    for tool in ("apt-get", "dpkg-deb", "readelf", *(PLUGIN_HOST_TOOLS if with_plugins else ())):
         if shutil.which(tool) is None:
-            raise EdgeqError(f"targets setup needs {tool} (Debian/Ubuntu: apt-get, dpkg, binutils)")
+            raise EdgeqError(f"targets setup{' --with-plugins' if with_plugins else ''} needs {tool} on the host "
+                             "(Debian: apt-get install binutils gcc pkg-config)")
     emu = Emulator(cache_root() / "aarch64")
     steps: list[tuple[str, Callable[[Path, Path], None]]] = [
         ("qemu", _qemu), ("sysroot", _sysroot), ("wheels", _wheels), ("stubs", _stubs)]

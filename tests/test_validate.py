@@ -145,6 +145,8 @@ def test_runner_crash_inside_the_emulator_keeps_the_others(small_export, tmp_pat
 
 
 @pytest.mark.qemu
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("cc", "pkg-config")),
+                    reason="building QEMU's plugin needs cc and pkg-config (scripts/setup.sh installs them as root)")
 def test_instruction_counts_differ_between_cpu_models(small_export, tmp_path, emulated_target):
     """Cortex-A53 has no dot-product instructions; Cortex-A76 runs XNNPACK's SDOT kernels."""
     from edgeq.provision import setup
@@ -155,6 +157,7 @@ def test_instruction_counts_differ_between_cpu_models(small_export, tmp_path, em
     for target in ("cortex-a53", "android-arm64"):
         results = validate(dist, target, runs=3, count_instructions=True)
         counts[target] = results["int8 .pte"]["instructions_per_inference"]
-        assert results["int8 .pte"]["passed"]
+        assert results["int8 .pte"]["passed"] and results["int8 .pte"]["instructions_counted_over"] >= 10
     assert all(c and c > 100_000 for c in counts.values()), counts
-    assert counts["cortex-a53"] != counts["android-arm64"], counts
+    # Seen: 0.80 M vs 0.45 M, repeatable to 0.2%; far apart, not noise.
+    assert counts["cortex-a53"] > 1.3 * counts["android-arm64"], counts
