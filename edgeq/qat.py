@@ -208,7 +208,8 @@ def train(flow: str, loaded: LoadedModel, recipe: QuantRecipe, config: TrainConf
             task = bar.add_task(f"QAT {label} · epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch,
                                 completed=first)
             for i in range(first, steps_per_epoch):
-                _freeze(flow, model, bn=step >= bn_step, observers=step >= observer_step)
+                if step in (bn_step, observer_step):  # freezes hold until the next set_mode(train) above
+                    _freeze(flow, model, bn=step >= bn_step, observers=step >= observer_step)
                 lr = _lr_at(config, step, total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
