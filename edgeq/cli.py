@@ -215,6 +215,34 @@ def report_cmd(folder: Path, md_path: Path | None, html_path: Path | None) -> No
         _run(lambda: report.write_one(html_path, report.html(manifest)))
 
 
+@main.command("android")
+@click.argument("dist", type=click.Path(path_type=Path))
+@click.argument("app", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
+              help="which .pte the app bundles")
+@click.option("--apk", "apk_path", type=click.Path(path_type=Path), default=None,
+              help="also build a debug APK here, offline (no Gradle): checked for build and packaging, not run")
+def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) -> None:
+    """Put an export's .pte, labels, preprocessing, sample images and golden data into the Android
+    demo's assets (APP/app/src/main/assets); then open APP in Android Studio and run it."""
+    from edgeq import android, apk
+
+    console = Console(stderr=True)
+    result = _run(lambda: android.install(dist, app, precision))
+    click.echo(f"{result.folder}: {len(result.files)} files (model.pte {result.precision}, {result.samples} samples "
+               f"with golden outputs from ExecuTorch {result.executorch_export} on the host)")
+    for warning in result.warnings:
+        console.print(f"edgeq: warning: {warning}")
+    if apk_path is None:
+        click.echo(f"next: open {app} in Android Studio and Run (or ./gradlew installDebug; "
+                   "./gradlew connectedAndroidTest runs the golden-output test on a device)")
+        return
+    check = _run(lambda: apk.build(app, apk_path, log=lambda line: console.print(f"android: {line}")))
+    click.echo(f"{check.path}: {check.bytes / 1e6:.1f} MB, {check.package}, minSdk {check.min_sdk}, "
+               f"{', '.join(check.native_code)}, {check.entries} entries, model.pte stored uncompressed, "
+               f"signature {'+'.join(check.signatures)} verified; built and packaged offline, not run on a device")
+
+
 def _exit_if_failed(manifest: Manifest, target: str | None) -> None:
     """CI gates on the exit code: 1 when an artifact failed its host check or its run on `target`."""
     failed = [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)

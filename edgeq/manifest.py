@@ -106,6 +106,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def verify_file(folder: Path, name: str, sha256: str) -> None:
+    """The file a manifest lists is there and unchanged since export."""
+    path = folder / name
+    if not path.is_file():
+        raise EdgeqError(f"{path} is missing (listed in {MANIFEST}): re-export, or restore the file")
+    if sha256_file(path) != sha256:
+        raise EdgeqError(f"{path} does not match its sha256 in {MANIFEST}: the file was changed or corrupted "
+                         "after export; re-export it")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a sibling temp file, fsync, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

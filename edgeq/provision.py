@@ -18,12 +18,9 @@ and `dpkg-deb -x` only; pip runs `--isolated`, for the aarch64 platform, into fo
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tarfile
 import urllib.error
@@ -31,14 +28,12 @@ import urllib.request
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from edgeq import stubs
+from edgeq import fetch, stubs
 from edgeq.errors import EdgeqError
+from edgeq.fetch import DEBIAN, DEBIAN_SECURITY, Log, cache_root, marker
 
-DEBIAN = os.environ.get("EDGEQ_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-DEBIAN_SECURITY = os.environ.get("EDGEQ_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 SYSROOT_PACKAGES = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libgcc-s1",
                     "libstdc++6", "zlib1g", "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5")
 # Build dependencies of QEMU with plugins (glib and what its pkg-config files pull in), amd64.
@@ -54,11 +49,7 @@ PLATFORM = ("--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_aa
             "--implementation", "cp")
 PLUGIN_BUILD_TOOLS = ("meson==1.8.5", "pycotap", "ninja")  # from PyPI, into a build venv
 PLUGIN_HOST_TOOLS = ("cc", "pkg-config")  # and a C compiler and pkg-config from the host
-Log = Callable[[str], None]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEQ_CACHE") or Path.home() / ".cache" / "edgeq")
+STEP = "targets setup"
 
 
 @dataclass(frozen=True)
@@ -72,8 +63,8 @@ class Emulator:
         return self.root / "sysroot" / "usr" / "bin" / "python3.11"
 
     def missing(self, with_plugins: bool = False) -> list[str]:
-        steps = [name for name, key in _keys().items() if _marker(self.root / name) != key]
-        if with_plugins and _marker(self.root / "plugins") is None:
+        steps = [name for name, key in _keys().items() if marker(self.root / name) != key]
+        if with_plugins and marker(self.root / "plugins") is None:
             steps.append("plugins")
         return steps
 
@@ -127,15 +118,7 @@ def setup(with_plugins: bool = False, log: Log = lambda _: None) -> Emulator:
         steps.append(("plugins", _plugins))
     keys = _keys()
     for name, build in steps:
-        final = emu.root / name
-        key = keys.get(name, "built")
-        if _marker(final) == key:
-            log(f"{name}: cached in {final}")
-            continue
-        log(f"{name}: setting up …")
-        with _building(final, key) as tmp:
-            build(tmp, emu.root)
-        log(f"{name}: done ({_size(final)})")
+        fetch.cached_step(emu.root / name, keys.get(name, "built"), lambda tmp, build=build: build(tmp, emu.root), log)
     return emu
 
 
@@ -160,69 +143,10 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def _marker(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / ".edgeq-step.json").read_text())["key"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-@contextlib.contextmanager
-def _building(final: Path, key: str) -> Iterator[Path]:
-    """A temporary sibling folder that replaces `final` only when the step completed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        (tmp / ".edgeq-step.json").write_text(json.dumps({"key": key}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run(args: list[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    try:
-        proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise EdgeqError(f"targets setup: could not {what}: {args[0]} is not installed") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        detail = next((ln for ln in reversed(lines) if ln.startswith(("E:", "ERROR", "error"))), lines[-1] if lines else "")
-        raise EdgeqError(f"targets setup: could not {what} ({detail.strip()[:300]}): check access to the "
-                         f"package registries (Debian {DEBIAN}, PyPI) and rerun")
-    return proc.stdout
-
-
-def _apt_download(packages: tuple[str, ...], arch: str, sources: list[str], into: Path, scratch: Path,
-                  what: str) -> list[Path]:
-    """`apt-get download` with a private APT configuration: the system's state and sources stay as they are."""
-    for d in ("state/lists/partial", "cache/archives/partial", "etc/apt.conf.d", "etc/preferences.d",
-              "etc/trusted.gpg.d", "etc/sources.list.d"):
-        (scratch / d).mkdir(parents=True, exist_ok=True)
-    (scratch / "state" / "status").touch()
-    (scratch / "etc" / "sources.list").write_text("".join(f"deb [signed-by={KEYRING}] {s} main\n" for s in sources))
-    conf = scratch / "apt.conf"
-    conf.write_text("\n".join([
-        f'APT::Architecture "{arch}";', f'APT::Architectures {{ "{arch}"; }};', f'Dir::State "{scratch}/state";',
-        f'Dir::State::status "{scratch}/state/status";', f'Dir::Cache "{scratch}/cache";', f'Dir::Etc "{scratch}/etc";',
-        f'Dir::Etc::SourceList "{scratch}/etc/sources.list";', f'Dir::Etc::SourceParts "{scratch}/etc/sources.list.d";',
-        f'Dir::Etc::Parts "{scratch}/etc/apt.conf.d";', f'Dir::Etc::PreferencesParts "{scratch}/etc/preferences.d";',
-        f'Dir::Etc::TrustedParts "{scratch}/etc/trusted.gpg.d";', 'Acquire::Languages "none";',
-        'APT::Sandbox::User "root";' if os.geteuid() == 0 else "", ""]))
-    env = {**os.environ, "APT_CONFIG": str(conf)}
-    _run(["apt-get", "-q", "update"], f"read the Debian package lists for {what}", env=env)
-    into.mkdir(parents=True, exist_ok=True)
-    _run(["apt-get", "-q", "download", *packages], f"download {what} ({' '.join(packages)})", cwd=into, env=env)
-    return sorted(into.glob("*.deb"))
-
-
 def _qemu(out: Path, root: Path) -> None:
-    debs = _apt_download(("qemu-user",), "amd64", [f"{DEBIAN} bookworm-backports"], out / "deb", out / "apt",
-                         "QEMU 10 user mode from bookworm-backports")
-    _run(["dpkg-deb", "-x", str(debs[0]), str(out / "root")], f"unpack {debs[0].name}")
+    debs = fetch.apt_download(("qemu-user",), "amd64", [f"{DEBIAN} bookworm-backports"], out / "deb", out / "apt",
+                               "QEMU 10 user mode from bookworm-backports", STEP)
+    fetch.run(["dpkg-deb", "-x", str(debs[0]), str(out / "root")], f"unpack {debs[0].name}", STEP)
     shutil.copy2(out / "root" / "usr" / "bin" / "qemu-aarch64", out / "qemu-aarch64")
     (out / "VERSION").write_text(debs[0].name + "\n")
     for scratch in ("root", "deb", "apt"):
@@ -232,10 +156,10 @@ def _qemu(out: Path, root: Path) -> None:
 def _sysroot(out: Path, root: Path) -> None:
     scratch = out.with_name(out.name + ".apt")
     try:
-        debs = _apt_download(SYSROOT_PACKAGES, "arm64", [f"{DEBIAN} bookworm", f"{DEBIAN_SECURITY} bookworm-security"],
-                             scratch / "debs", scratch / "apt", "the arm64 CPython 3.11 sysroot")
+        debs = fetch.apt_download(SYSROOT_PACKAGES, "arm64", [f"{DEBIAN} bookworm", f"{DEBIAN_SECURITY} bookworm-security"],
+                                   scratch / "debs", scratch / "apt", "the arm64 CPython 3.11 sysroot", STEP)
         for deb in debs:
-            _run(["dpkg-deb", "-x", str(deb), str(out)], f"unpack {deb.name}")
+            fetch.run(["dpkg-deb", "-x", str(deb), str(out)], f"unpack {deb.name}", STEP)
         (out / "PACKAGES").write_text("".join(d.name + "\n" for d in debs))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the arm64 package lists alone are ~120 MB
@@ -243,7 +167,7 @@ def _sysroot(out: Path, root: Path) -> None:
 
 def _pip(*args: str, what: str) -> None:
     # --isolated: PyPI only, whatever pip.conf or PIP_* say on this machine (local find-links, indexes).
-    _run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", *args], what)
+    fetch.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", *args], what, STEP)
 
 
 def _wheels(out: Path, root: Path) -> None:
@@ -260,7 +184,7 @@ def _stubs(out: Path, root: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(zig), "ZIG_GLOBAL_CACHE_DIR": str(zig / "cache"),
                "ZIG_LOCAL_CACHE_DIR": str(zig / "cache")}
         built = stubs.build(root / "wheels" / "torch", [root / "wheels", root / "sysroot"], root / "sysroot" /
-                            "usr" / "bin" / "python3.11", out, lambda args, what: _run(cc + args, what, env=env))
+                            "usr" / "bin" / "python3.11", out, lambda args, what: fetch.run(cc + args, what, STEP, env=env))
         (out / "STUBS").write_text("".join(f"{s}\n" for s in built))
     finally:
         shutil.rmtree(zig, ignore_errors=True)
@@ -275,9 +199,9 @@ def _plugins(out: Path, root: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         devroot = scratch / "devroot"
-        for d in _apt_download(GLIB_DEV_PACKAGES, "amd64", [f"{DEBIAN} bookworm"], scratch / "debs", scratch / "apt",
-                               "the glib headers QEMU's plugin build needs"):
-            _run(["dpkg-deb", "-x", str(d), str(devroot)], f"unpack {d.name}")
+        for d in fetch.apt_download(GLIB_DEV_PACKAGES, "amd64", [f"{DEBIAN} bookworm"], scratch / "debs", scratch / "apt",
+                                     "the glib headers QEMU's plugin build needs", STEP):
+            fetch.run(["dpkg-deb", "-x", str(d), str(devroot)], f"unpack {d.name}", STEP)
         url = f"{DEBIAN}/pool/main/q/qemu/qemu_{upstream}.orig.tar.xz"
         tarball = scratch / "qemu.tar.xz"
         try:
@@ -288,21 +212,21 @@ def _plugins(out: Path, root: Path) -> None:
         with tarfile.open(tarball) as tar:
             top = tar.getnames()[0].split("/")[0]
             tar.extractall(scratch, filter="tar")
-        _run([sys.executable, "-m", "venv", str(scratch / "py")], "create a venv for meson")
-        _run([str(scratch / "py" / "bin" / "python"), "-m", "pip", "--isolated", "install", "-q", *PLUGIN_BUILD_TOOLS],
-             "install QEMU's build tools (meson, pycotap, ninja) from PyPI")
+        fetch.run([sys.executable, "-m", "venv", str(scratch / "py")], "create a venv for meson", STEP)
+        fetch.run([str(scratch / "py" / "bin" / "python"), "-m", "pip", "--isolated", "install", "-q", *PLUGIN_BUILD_TOOLS],
+                  "install QEMU's build tools (meson, pycotap, ninja) from PyPI", STEP)
         libdir = devroot / "usr" / "lib" / "x86_64-linux-gnu"
         env = {**os.environ, "PATH": f"{scratch / 'py' / 'bin'}:{os.environ.get('PATH', '')}",
                "PKG_CONFIG_SYSROOT_DIR": str(devroot),
                "PKG_CONFIG_LIBDIR": f"{libdir / 'pkgconfig'}:{devroot / 'usr' / 'share' / 'pkgconfig'}"}
         build = scratch / "build"
         build.mkdir()
-        _run([str(scratch / top / "configure"), f"--python={scratch / 'py' / 'bin' / 'python'}",
+        fetch.run([str(scratch / top / "configure"), f"--python={scratch / 'py' / 'bin' / 'python'}",
               "--target-list=aarch64-linux-user", "--enable-plugins", "--disable-system", "--disable-tools",
               "--disable-docs", "--disable-rust", "--disable-install-blobs", "--disable-download"],
-             "configure QEMU with plugins", cwd=build, env=env)
-        _run(["ninja", f"-j{os.cpu_count() or 2}", "qemu-aarch64", "tests/tcg/plugins/libinsn.so"],
-             "build qemu-aarch64 and the insn plugin", cwd=build, env=env)
+                  "configure QEMU with plugins", STEP, cwd=build, env=env)
+        fetch.run(["ninja", f"-j{os.cpu_count() or 2}", "qemu-aarch64", "tests/tcg/plugins/libinsn.so"],
+                  "build qemu-aarch64 and the insn plugin", STEP, cwd=build, env=env)
         shutil.copy2(build / "qemu-aarch64", out / "qemu-aarch64")
         shutil.copy2(build / "tests" / "tcg" / "plugins" / "libinsn.so", out / "libinsn.so")
         (out / "lib").mkdir()
@@ -312,7 +236,3 @@ def _plugins(out: Path, root: Path) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def _size(folder: Path) -> str:
-    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-    return f"{total / 1e6:.0f} MB"

@@ -21,7 +21,7 @@ from rich.progress import Progress
 
 from edgeq import report, runner
 from edgeq.errors import EdgeqError
-from edgeq.manifest import MANIFEST, Artifact, HostCheck, Manifest, sha256_file
+from edgeq.manifest import MANIFEST, Artifact, HostCheck, Manifest, verify_file
 from edgeq.provision import Emulator, emulator
 from edgeq.targets import Target, Thresholds, load_target
 
@@ -99,7 +99,7 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
     if manifest.reference is None:
         raise EdgeqError(f"{folder / MANIFEST} has no reference inputs (an export from before edgeq validate): re-export")
     for entry in (manifest.reference, *[asdict(a) for a in manifest.artifacts]):
-        _check_file(folder, entry["path"], entry["sha256"])
+        verify_file(folder, entry["path"], entry["sha256"])
     if spec.arch == "aarch64" and platform.machine() != "aarch64":
         emu = emulator(spec.name, with_plugins=count_instructions)
     elif count_instructions:
@@ -208,15 +208,6 @@ def _run_runner(job: dict[str, Any], job_file: Path, spec: Target, emu: Emulator
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout:g} s (raise --timeout)"
-
-
-def _check_file(folder: Path, name: str, sha256: str) -> None:
-    path = folder / name
-    if not path.is_file():
-        raise EdgeqError(f"{path} is missing (listed in {MANIFEST}): re-export, or restore the file")
-    if sha256_file(path) != sha256:
-        raise EdgeqError(f"{path} does not match its sha256 in {MANIFEST}: the file was changed or corrupted "
-                         "after export; re-export it")
 
 
 def _trimmed_mean(values: np.ndarray, cut: float = 0.1) -> float:

@@ -18,15 +18,18 @@ fi
 # pkg-config to build QEMU's instruction-count plugin). Usually present; installed when missing.
 missing=()
 # chromium: the report test renders report.html headless (skipped without it).
-for tool in readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config chromium:chromium; do
+# The Android demo's offline APK build and JVM tests: aapt, zipalign, apksigner, a JDK, JUnit 4, npm.
+for tool in readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config chromium:chromium aapt:aapt \
+            zipalign:zipalign apksigner:apksigner javac:openjdk-17-jdk-headless npm:npm; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
+[ -e /usr/share/java/junit4.jar ] || missing+=(junit4)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
       || echo "setup: could not install ${missing[*]}; edgeq targets setup may fail" >&2
   else
-    echo "setup: missing ${missing[*]} (needed by edgeq targets setup); install them with apt-get" >&2
+    echo "setup: missing ${missing[*]} (needed by edgeq targets setup and the Android build); install them with apt-get" >&2
   fi
 fi
 

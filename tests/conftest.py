@@ -59,3 +59,22 @@ def assert_nothing_written(parent: Path, out_name: str = "dist") -> None:
     assert not (parent / out_name).exists()
     leftovers = [p.name for p in parent.iterdir() if ".edgeq-" in p.name]
     assert not leftovers, leftovers
+
+
+ANDROID_DEMO = Path(__file__).resolve().parent.parent / "android_demo"
+
+
+def copy_demo_app(dest: Path) -> Path:
+    """A copy of android_demo/ without build output or assets, as a fresh checkout has it."""
+    shutil.copytree(ANDROID_DEMO, dest, ignore=shutil.ignore_patterns("build", ".gradle", "assets"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def installed_demo(builtin_export, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """(app folder, export folder, CLI output) after `edgeq android DIST APP` on the built-in export."""
+    _, dist, _ = builtin_export
+    app = copy_demo_app(tmp_path_factory.mktemp("android") / "android_demo")
+    proc = subprocess.run([EDGEQ, "android", str(dist), str(app)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return app, dist, proc.stdout

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from edgeq.errors import EdgeqError
-from edgeq.provision import Emulator, _building, cache_root, emulator, setup
+from edgeq.provision import Emulator, cache_root, emulator, setup
 
 
 def test_missing_target_names_the_setup_command(tmp_path, monkeypatch):
@@ -21,18 +21,6 @@ def test_a_step_without_its_marker_is_not_trusted(tmp_path):
     emu = Emulator(tmp_path / "aarch64")
     (emu.root / "wheels").mkdir(parents=True)  # e.g. copied by hand, or left by an older edgeq
     assert "wheels" in emu.missing()
-
-
-def test_an_interrupted_step_leaves_nothing(tmp_path):
-    final = tmp_path / "sysroot"
-    with pytest.raises(KeyboardInterrupt):
-        with _building(final, "key") as tmp:
-            (tmp / "half-written").write_text("x")
-            raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-    with _building(final, "key") as tmp:
-        (tmp / "done").write_text("x")
-    assert sorted(p.name for p in final.iterdir()) == [".edgeq-step.json", "done"]
 
 
 @pytest.mark.qemu

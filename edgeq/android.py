@@ -1,0 +1,183 @@
+"""`edgeq android DIST APP`: the exported .pte and what the demo app needs beside it, into the
+app's assets/ folder.
+
+    model.pte          the int8 (or fp32) .pte, checked against its sha256 in manifest.json
+    labels.txt         one class name per line, in output order
+    preprocess.json    the export's preprocessing (the app's Java code applies it as edgeq does)
+    samples/*.png      bundled images: held-out inputs from reference.npz, turned back into pixels
+    golden/            what the app's tests compare against: golden.json (shapes, Python's top-5,
+                       tolerance), inputs.f32 (Python's preprocessing of samples/*.png) and
+                       outputs.f32 (the .pte's outputs on those inputs, run on the host by ExecuTorch)
+
+The folder is built beside assets/ and swapped in whole: a failure leaves the old one as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from edgeq import runner
+from edgeq.data import Preprocess
+from edgeq.errors import EdgeqError
+from edgeq.manifest import Manifest, verify_file
+
+ASSETS = Path("app") / "src" / "main" / "assets"
+GOLDEN_SAMPLES = 10  # one per class where the export has labels
+TOP_K = 5
+
+
+@dataclass
+class AndroidAssets:
+    folder: Path
+    files: list[str]  # relative to `folder`
+    samples: int
+    precision: str
+    executorch_export: str
+    executorch_app: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def install(dist: str | Path, app: str | Path, precision: str = "int8") -> AndroidAssets:
+    dist, app = Path(dist), Path(app)
+    manifest = Manifest.load(dist)
+    if not (app / "app" / "build.gradle").is_file():
+        raise EdgeqError(f"{app} is not the edgeq Android demo (no app/build.gradle): pass the android_demo/ "
+                         "folder of the edgeq repository")
+    try:
+        pte = manifest.artifact("pte", precision)
+    except KeyError:
+        raise EdgeqError(f"{dist} has no {precision} .pte: export with --formats pte (and --precisions "
+                         f"{precision})") from None
+    verify_file(dist, pte.path, pte.sha256)
+    if not manifest.reference:
+        raise EdgeqError(f"{dist} has no reference.npz (exported by an older edgeq): re-export it")
+    verify_file(dist, manifest.reference["path"], manifest.reference["sha256"])
+    preprocess = Preprocess.from_dict(manifest.preprocess)
+    classes = manifest.model.get("classes") or [f"class {i}" for i in range(manifest.model["num_classes"])]
+
+    final = app / ASSETS
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = final.with_name(f".assets.tmp-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        shutil.copyfile(dist / pte.path, stage / "model.pte")
+        (stage / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+        (stage / "preprocess.json").write_text(json.dumps({
+            **preprocess.to_dict(), "input_shape": manifest.model["input_shape"], "model": manifest.model["source"],
+            "precision": precision, "edgeq": manifest.edgeq_version,
+            "executorch": manifest.versions.get("executorch")}, indent=2) + "\n")
+        count = _golden(stage, dist / pte.path, dist / manifest.reference["path"], preprocess, classes, precision)
+        old = final.with_name(f".assets.old-{os.getpid()}")
+        if final.exists():
+            os.rename(final, old)
+        os.rename(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+    exporter = manifest.versions.get("executorch", "unknown")
+    in_app = _gradle_property(app / "gradle.properties", "executorchVersion")
+    warnings = []
+    if in_app != exporter:
+        warnings.append(f"the app builds against ExecuTorch {in_app} but the .pte was exported with {exporter}: "
+                        f"set executorchVersion={exporter} in {app / 'gradle.properties'}")
+    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+    return AndroidAssets(final, files, count, precision, exporter, in_app, warnings)
+
+
+def _golden(assets: Path, pte: Path, reference: Path, preprocess: Preprocess, classes: list[str],
+            precision: str) -> int:
+    """Sample PNGs from the reference inputs (one per class where there are labels), then golden data."""
+    with np.load(reference) as ref:
+        inputs, labels = ref["inputs"], ref["labels"] if "labels" in ref else None
+    picks = _one_per_class(labels, GOLDEN_SAMPLES) if labels is not None else range(min(GOLDEN_SAMPLES, len(inputs)))
+    images = []
+    for n, i in enumerate(picks):
+        label = None if labels is None else int(labels[i])
+        name = f"{n:02d}_{_slug(classes[label]) if label is not None else 'sample'}.png"
+        images.append((name, _to_image(inputs[i], preprocess), label))
+    run = runner.load("pte", str(pte))
+    return write_golden(assets, images, preprocess, lambda x: run(x[None])[0], precision,
+                        f"ExecuTorch {version('executorch')} on the host ({platform.machine()})")
+
+
+def write_golden(assets: Path, images: list[tuple[str, Image.Image, int | None]], preprocess: Preprocess,
+                 forward: Callable[[np.ndarray], np.ndarray], precision: str, produced_by: str) -> int:
+    """samples/NAME.png for each image, and golden/: Python's preprocessing of each PNG as saved (the
+    parity reference), `forward` of those floats, and Python's top-5 of the outputs."""
+    (assets / "samples").mkdir(exist_ok=True)
+    (assets / "golden").mkdir(exist_ok=True)
+    samples, floats, outputs = [], [], []
+    for name, image, label in images:
+        image.save(assets / "samples" / name)
+        with Image.open(assets / "samples" / name) as saved:
+            x = preprocess.apply(saved)
+        y = np.asarray(forward(x), np.float32).reshape(-1)
+        floats.append(x)
+        outputs.append(y)
+        samples.append({"image": f"samples/{name}", "label": label, "top5": top_k(y, TOP_K)})
+    outputs_array = np.stack(outputs)
+    spread = float(np.ptp(outputs_array))
+    # int8 kernels on a phone may land a step or two from the host's; fp32 differs in the last bits.
+    atol = 0.05 * spread if precision == "int8" else 1e-3 * spread + 1e-5
+    np.stack(floats).astype("<f4").tofile(assets / "golden" / "inputs.f32")
+    outputs_array.astype("<f4").tofile(assets / "golden" / "outputs.f32")
+    (assets / "golden" / "golden.json").write_text(json.dumps({
+        "input_shape": [1, *floats[0].shape], "num_classes": int(outputs_array.shape[1]),
+        "inputs": "inputs.f32", "outputs": "outputs.f32", "output_atol": atol, "produced_by": produced_by,
+        "samples": samples}, indent=2) + "\n")
+    return len(samples)
+
+
+def top_k(logits: np.ndarray, k: int) -> list[dict]:
+    """Softmax in float64, then the k best; ties go to the lower index (the app's Java does the same)."""
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:k]
+    return [{"index": int(i), "score": float(p[i])} for i in order]
+
+
+def _one_per_class(labels: np.ndarray, limit: int) -> list[int]:
+    first: dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+    picks = sorted(first.values())[:limit]
+    return picks if len(picks) >= min(limit, len(labels)) else list(range(min(limit, len(labels))))
+
+
+def _to_image(x: np.ndarray, preprocess: Preprocess) -> Image.Image:
+    """A C×H×W reference input back to 8-bit RGB pixels. The inputs came from 8-bit images through
+    resize and crop (which keep 8 bits), so this inverts them exactly. RGB even for grayscale
+    models: Java's ImageIO reads gray PNGs through a color transform, RGB ones as they are."""
+    mean = np.asarray(preprocess.mean, np.float64)[:, None, None]
+    std = np.asarray(preprocess.std, np.float64)[:, None, None]
+    pixels = np.clip(np.rint((x.astype(np.float64) * std + mean) / preprocess.scale), 0, 255).astype(np.uint8)
+    hwc = pixels.transpose(1, 2, 0)
+    return Image.fromarray(np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else hwc, "RGB")
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") or "sample"
+
+
+def _gradle_property(path: Path, key: str) -> str | None:
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
