@@ -243,6 +243,42 @@ def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) ->
                f"signature {'+'.join(check.signatures)} verified; built and packaged offline, not run on a device")
 
 
+@main.command("farm", context_settings={"ignore_unknown_options": True})
+@click.option("--targets", callback=_names, default=None, help="comma-separated [default: every target]")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="farm folder: one export per target")
+@click.option("--from", "source", type=click.Path(path_type=Path), default=None,
+              help="validate this export on every target instead of exporting")
+@click.option("--jobs", type=int, default=None, help="validations at once [default: CPU cores]")
+@click.option("--runs", type=int, default=20, show_default=True, help="timed runs per artifact")
+@click.option("--samples", type=int, default=None, help="reference inputs compared [default: all]")
+@click.option("--min-agreement", type=float, default=None, help="override every target's min_top1_agreement")
+@click.option("--min-sqnr", type=float, default=None, help="override every target's min_sqnr_db")
+@click.option("--max-accuracy-drop", type=float, default=None, help="override every target's max_accuracy_drop")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars")
+@click.argument("export_args", nargs=-1, type=click.UNPROCESSED)
+def farm_cmd(targets: tuple[str, ...] | None, out: Path, source: Path | None, jobs: int | None, runs: int,
+             samples: int | None, min_agreement: float | None, min_sqnr: float | None,
+             max_accuracy_drop: float | None, quiet: bool, export_args: tuple[str, ...]) -> None:
+    """Run the CI device-farm matrix here: export and validate on every target (QEMU ones
+    included), validations in parallel. Options after -- go to edgeq export, e.g.
+    `edgeq farm --out farm/ -- --model torchvision:resnet18`. Exit code 1 when a target fails."""
+    from edgeq.farm import default_targets, farm, markdown
+
+    validate_args = [f"--runs={runs}"]
+    for flag, value in (("--samples", samples), ("--min-agreement", min_agreement), ("--min-sqnr", min_sqnr),
+                        ("--max-accuracy-drop", max_accuracy_drop)):
+        if value is not None:
+            validate_args.append(f"{flag}={value}")
+    with progress_bars(not quiet) as bar:
+        results = _run(lambda: farm(targets or default_targets(), out, source=source, jobs=jobs,
+                                    export_args=export_args, validate_args=validate_args, progress=bar))
+    click.echo(markdown(results))
+    failed = [r.target for r in results if not r.passed]
+    if failed:
+        click.echo(f"edgeq: error: {', '.join(failed)} failed (see {out}/farm.md and {out}/logs/)", err=True)
+        sys.exit(1)
+
+
 def _exit_if_failed(manifest: Manifest, target: str | None) -> None:
     """CI gates on the exit code: 1 when an artifact failed its host check or its run on `target`."""
     failed = [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)

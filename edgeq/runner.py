@@ -131,18 +131,22 @@ ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72"
              "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd47": "Cortex-A710", "0xd49": "Neoverse-N2"}
 
 
-def cpu_model() -> tuple[str, str]:
+def cpu_model(text: str | None = None) -> tuple[str, str]:
     """(CPU, its feature flags) as the (possibly emulated) kernel reports them in /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read().split("\n\n")[0]
-    except OSError:
-        return "unknown", ""
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if v}
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read()
+        except OSError:
+            return "unknown", ""
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.split("\n\n")[0].splitlines()) if v}
     features = fields.get("Features") or fields.get("flags", "")
     part = fields.get("CPU part")
     if part:  # ARM: the part number names the core
-        return f"{ARM_PARTS.get(part, 'ARM core')} (implementer {fields.get('CPU implementer', '?')}, part {part})", features
+        implementer = fields.get("CPU implementer", "?")
+        # 0x00 is reserved for software: QEMU's "max" CPU, the default under binfmt (docker --platform).
+        name = "QEMU max" if implementer == "0x00" else ARM_PARTS.get(part, "ARM core")
+        return f"{name} (implementer {implementer}, part {part})", features
     return fields.get("model name", "unknown"), features
 
 

@@ -102,6 +102,9 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
         verify_file(folder, entry["path"], entry["sha256"])
     if spec.arch == "aarch64" and platform.machine() != "aarch64":
         emu = emulator(spec.name, with_plugins=count_instructions)
+    elif spec.arch != platform.machine():
+        raise EdgeqError(f"target {spec.name} is {spec.arch} and runs on the host, but this host is "
+                         f"{platform.machine()}: validate on an {spec.arch} machine, or pick an emulated target")
     elif count_instructions:
         raise EdgeqError(f"--count-instructions needs an emulated target; {spec.name} runs on the host")
     else:
@@ -157,8 +160,8 @@ def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulato
         return {**result, "passed": False, "error": f"runner failed on {spec.name}: {detail}"}
     seen = json.loads(Path(job["result"]).read_text())
     latencies = np.array(seen["latencies_ms"])
-    label = f"emulated: qemu-aarch64 -cpu {spec.qemu_cpu}, not device time" if emu else f"host ({platform.machine()})"
-    return {**result, "machine": seen["machine"], "cpu": seen["cpu"], "cpu_features": seen["cpu_features"],
+    where, label = measured_where(emu is not None, spec, seen)
+    return {**result, "where": where, "machine": seen["machine"], "cpu": seen["cpu"], "cpu_features": seen["cpu_features"],
             "python": seen["python"], "import_s": round(seen["import_s"], 3), "load_s": round(seen["load_s"], 4),
             # Under QEMU this is the emulator process's peak, translation buffers included.
             "peak_rss_mb": round(seen["peak_rss_mb"], 1),
@@ -166,6 +169,18 @@ def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulato
                            "trimmed_mean": _trimmed_mean(latencies), "runs": len(latencies), "warmup": warmup,
                            "measured": label},
             "wall_s": round(time.perf_counter() - started, 2)}
+
+
+def measured_where(emulated: bool, spec: Target, seen: dict[str, Any]) -> tuple[str, str]:
+    """(where, label) of a latency. A host run can be emulated too: inside `docker run --platform
+    linux/arm64` on an x86 machine, binfmt QEMU runs everything, and only the CPU the kernel reports
+    shows it (QEMU's "max" CPU, or an x86 CPU under an aarch64 process)."""
+    if emulated:
+        return "emulated", f"emulated: qemu-aarch64 -cpu {spec.qemu_cpu}, not device time"
+    cpu = seen.get("cpu", "")
+    if seen.get("machine") == "aarch64" and ("implementer 0x" not in cpu or cpu.startswith("QEMU")):
+        return "emulated", f"emulated: QEMU user mode (binfmt, {cpu}), not device time"
+    return "host", f"host ({seen.get('machine', platform.machine())})"
 
 
 def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulator | None, engine: str,

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Set up edgeq on a fresh Debian/Python 3.11 machine: the full Fashion-MNIST (optional),
 # a virtual environment in .venv, and edgeq with its pinned dependencies. Idempotent.
+#   --no-test-tools   skip what only the tests use (chromium, the Android build tools): CI's
+#                     device-farm jobs export and validate, they don't run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+test_tools=1
+[ "${1:-}" = "--no-test-tools" ] && test_tools=0
 
 if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   # Optional: without it edgeq uses its bundled subset (1,024 train / 1,000 test images).
@@ -19,11 +23,13 @@ fi
 missing=()
 # chromium: the report test renders report.html headless (skipped without it).
 # The Android demo's offline APK build and JVM tests: aapt, zipalign, apksigner, a JDK, JUnit 4, npm.
-for tool in readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config chromium:chromium aapt:aapt \
-            zipalign:zipalign apksigner:apksigner javac:openjdk-17-jdk-headless npm:npm; do
+tools=(readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config)
+[ $test_tools = 1 ] && tools+=(chromium:chromium aapt:aapt zipalign:zipalign apksigner:apksigner
+                               javac:openjdk-17-jdk-headless npm:npm)
+for tool in "${tools[@]}"; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
-[ -e /usr/share/java/junit4.jar ] || missing+=(junit4)
+[ $test_tools = 1 ] && [ ! -e /usr/share/java/junit4.jar ] && missing+=(junit4)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \

@@ -18,7 +18,7 @@ from PIL import Image
 from edgeq.android import write_golden
 from edgeq.data import Preprocess
 from edgeq.manifest import Manifest, sha256_file
-from tests.conftest import ANDROID_DEMO, assert_user_error, copy_demo_app, run_cli
+from conftest import ANDROID_DEMO, assert_user_error, copy_demo_app, run_cli
 
 JUNIT = [Path("/usr/share/java/junit4.jar"), Path("/usr/share/java/hamcrest-core.jar")]  # Debian junit4
 JAVA_TESTS = ("ParityTest", "ClassificationTest", "JsonTest", "PreprocessTest")

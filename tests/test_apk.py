@@ -11,7 +11,7 @@ import pytest
 
 from edgeq import apk
 from edgeq.errors import EdgeqError
-from tests.conftest import assert_user_error, copy_demo_app, run_cli
+from conftest import assert_user_error, copy_demo_app, run_cli
 
 needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in apk.HOST_TOOLS),
                                  reason=f"needs {', '.join(apk.HOST_TOOLS)} (Debian: aapt zipalign apksigner "

@@ -9,8 +9,9 @@ import pytest
 
 from conftest import assert_user_error, run_cli
 from edgeq.manifest import Manifest, sha256_file
-from edgeq.targets import Thresholds
-from edgeq.validate import accuracy, compare, sqnr_db, top1_agreement, validate
+from edgeq.errors import EdgeqError
+from edgeq.targets import Thresholds, load_target
+from edgeq.validate import accuracy, compare, measured_where, sqnr_db, top1_agreement, validate
 
 
 def test_sqnr_of_known_noise():
@@ -161,3 +162,32 @@ def test_instruction_counts_differ_between_cpu_models(small_export, tmp_path, em
     assert all(c and c > 100_000 for c in counts.values()), counts
     # Seen: 0.80 M vs 0.45 M, repeatable to 0.2%; far apart, not noise.
     assert counts["cortex-a53"] > 1.3 * counts["android-arm64"], counts
+
+
+# /proc/cpuinfo as QEMU user mode (-cpu max, binfmt's default) and a Raspberry Pi 4 report it.
+QEMU_MAX_CPUINFO = "processor\t: 0\nBogoMIPS\t: 100.00\nFeatures\t: fp asimd\nCPU implementer\t: 0x00\nCPU part\t: 0x051\n"
+RPI4_CPUINFO = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd crc32\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n"
+
+
+def test_latency_under_binfmt_emulation_is_labelled_emulated():
+    """Inside `docker run --platform linux/arm64` on an x86 machine the 'host' is QEMU: say so."""
+    from edgeq.runner import cpu_model
+
+    arm64 = load_target("arm64")
+    qemu_cpu, _ = cpu_model(QEMU_MAX_CPUINFO)
+    assert qemu_cpu.startswith("QEMU max")
+    assert measured_where(False, arm64, {"machine": "aarch64", "cpu": qemu_cpu})[0] == "emulated"
+    # An older binfmt QEMU passes the x86 host's cpuinfo through to the aarch64 process.
+    assert measured_where(False, arm64, {"machine": "aarch64", "cpu": "Intel(R) Xeon(R) CPU"})[0] == "emulated"
+    pi_cpu, _ = cpu_model(RPI4_CPUINFO)
+    assert pi_cpu == "Cortex-A72 (implementer 0x41, part 0xd08)"
+    assert measured_where(False, arm64, {"machine": "aarch64", "cpu": pi_cpu}) == ("host", "host (aarch64)")
+    assert measured_where(True, arm64, {"machine": "aarch64", "cpu": pi_cpu})[1].startswith("emulated: qemu-aarch64 -cpu")
+
+
+def test_a_host_target_of_another_arch_is_refused(small_export, tmp_path, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(EdgeqError, match="target x86_64 is x86_64 and runs on the host, but this host is aarch64"):
+        validate(small_export, "x86_64")

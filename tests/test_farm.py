@@ -1,0 +1,59 @@
+"""`edgeq farm`: the CI matrix on one machine; a failed threshold fails the farm (and so CI)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from conftest import assert_user_error, run_cli
+from edgeq.farm import _groups, default_targets
+from edgeq.targets import load_target
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_farm_passes_then_the_gate_fails_it(builtin_export, tmp_path):
+    _, dist, _ = builtin_export
+    out = tmp_path / "farm"
+    common = ["farm", "--from", str(dist), "--targets", "x86_64", "--out", str(out), "--samples", "200", "--runs", "3",
+              "-q"]
+    result = run_cli(*common)
+    assert result.exit_code == 0, result.output
+    farm = json.loads((out / "farm.json").read_text())
+    assert farm["passed"] and farm["targets"][0]["exported_for"] == "arm64"
+    assert farm["targets"][0]["measured"] == "host (x86_64)" and farm["targets"][0]["int8_pte_ms"] > 0
+    validated = json.loads((out / "x86_64" / "manifest.json").read_text())["artifacts"]
+    assert all(a["targets"]["x86_64"]["passed"] for a in validated)
+    assert "✓ passed" in (out / "farm.md").read_text()
+
+    # The same matrix with a threshold no int8 artifact can meet: exit code 1, named failures.
+    line = assert_user_error(run_cli(*common, "--min-agreement", "1.01"), "x86_64 failed", "farm.md")
+    farm = json.loads((out / "farm.json").read_text())
+    assert not farm["passed"] and farm["targets"][0]["exit_code"] == 1
+    assert set(farm["targets"][0]["failed"]) == {"int8 .pte", "int8 .onnx", "int8 .ptl"}, line
+    assert "✗ FAILED" in (out / "farm.md").read_text()
+
+
+def test_bad_farm_input_is_one_line(tmp_path):
+    assert_user_error(run_cli("farm", "--targets", "nope", "--out", str(tmp_path / "f")), "unknown target 'nope'")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    assert_user_error(run_cli("farm", "--targets", "x86_64", "--out", str(tmp_path / "busy")), "not an edgeq farm")
+    assert_user_error(run_cli("farm", "--from", str(tmp_path / "none"), "--targets", "x86_64", "--out",
+                              str(tmp_path / "f2")), "no manifest.json")
+
+
+def test_targets_that_quantize_alike_share_an_export():
+    groups = _groups([load_target(t) for t in default_targets()])
+    names = sorted(sorted(t.name for t in g) for g in groups)
+    assert names == [["android-arm64", "arm64", "cortex-a53", "rpi4"], ["x86_64"]]
+
+
+def test_ci_runs_the_whole_matrix_and_fails_with_it():
+    """.ci/run: the test suite, then `edgeq farm` over every target; `set -e` makes a failed farm fail CI."""
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in script
+    farm = next(line for line in script.splitlines() if re.search(r"\bedgeq farm\b", line))
+    assert "--targets" not in farm or all(t in farm for t in default_targets())
+    assert script.index("pytest") < script.index("edgeq farm")
