@@ -31,8 +31,8 @@ def _numbers(cast: Callable[[str], Any]) -> Callable[[click.Context, click.Param
     return parse
 
 
-def _names(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ METHODS = ("static", "qat")
 LIBRARIES = ("torch", "torchvision", "torchao", "executorch", "onnx", "onnxscript", "onnxruntime", "numpy")
 DEFAULT_HELD_OUT = 200  # held-out calibration images checked when there is no eval data
 QUANTIZER_NAMES = {"xnnpack": "PT2E XNNPACKQuantizer", "x86": "PT2E X86InductorQuantizer",
-                   "fx": "FX {backend} qconfig"}
+                   "fx": "FX {backend} qconfig",
+                   "ort": "onnxruntime quantize_static (QDQ, uint8 activations, int8 weights)"}
 REFERENCE = "reference.npz"  # inputs + float outputs for validation on targets
 REFERENCE_SAMPLES = 1000  # enough to judge accuracy within a point (see validate.MIN_ACCURACY_SAMPLES)
 REFERENCE_BYTES = 16 << 20  # at 224×224×3 that is 26 inputs
@@ -127,10 +128,15 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
                 for fmt in formats:
                     bar.update(task, description=f"exporting {precision} .{fmt}")
                     t0 = time.perf_counter()
-                    flow = quantizer_for(fmt, recipe.backend)
-                    source = loaded.module if precision == "fp32" else quantized[flow]
+                    flow = quantizer_for(fmt, recipe.backend, method)
                     path = stage / f"model_{precision}.{fmt}"
-                    details = _export_one(fmt, source, loaded.input_shape, path, recipe.backend, precision == "int8")
+                    if precision == "int8" and flow == "ort":  # the float model, quantized by onnxruntime
+                        details = onnx.export_ort_quantized(loaded.module, loaded.input_shape, path, quantized[flow],
+                                                            recipe.per_channel)
+                    else:
+                        source = loaded.module if precision == "fp32" else quantized[flow]
+                        details = _export_one(fmt, source, loaded.input_shape, path, recipe.backend,
+                                              precision == "int8")
                     if precision == "int8":
                         details["quantizer"] = QUANTIZER_NAMES[flow].format(backend=recipe.backend)
                     timings[f"export_{precision}_{fmt}"] = time.perf_counter() - t0
@@ -172,17 +178,21 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
 
 def _calibrate(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str], images: ImageSet,
                indices: range, preprocess: Preprocess, bar: Progress,
-               timings: dict[str, float]) -> dict[str, torch.nn.Module]:
+               timings: dict[str, float]) -> dict[str, Any]:
     """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86),
-    all calibrated on the same preprocessed images."""
+    all calibrated on the same preprocessed images. The "ort" flow quantizes at export time: it
+    gets the calibration images themselves."""
     task = bar.add_task("preprocessing calibration images", total=len(indices))
     chunks = []
     for i in range(0, len(indices), 64):
         chunks.append(images.batch(preprocess, indices[i:i + 64]))
         bar.advance(task, len(chunks[-1]))
     calib = np.concatenate(chunks)
-    quantized: dict[str, torch.nn.Module] = {}
-    for flow in _flows(formats, recipe):
+    quantized: dict[str, Any] = {}
+    for flow in _flows(formats, recipe, "static"):
+        if flow == "ort":
+            quantized[flow] = calib
+            continue
         t0 = time.perf_counter()
         label = f"FX {recipe.backend}, for .ptl" if flow == "fx" else f"PT2E {flow}"
 
@@ -203,7 +213,7 @@ def _train(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str], con
     """QAT, once per flow the formats need; each flow has its own checkpoint file."""
     log = bar.console.print if not bar.disable else (lambda _: None)
     quantized, records = {}, []
-    for flow in _flows(formats, recipe):
+    for flow in _flows(formats, recipe, "qat"):
         t0 = time.perf_counter()
         label = f"FX {recipe.backend}" if flow == "fx" else f"PT2E {flow}"
         quantized[flow], record = qat.train(flow, loaded, recipe, config, split, preprocess,
@@ -213,8 +223,8 @@ def _train(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str], con
     return quantized, records
 
 
-def _flows(formats: Sequence[str], recipe: QuantRecipe) -> list[str]:
-    return list(dict.fromkeys(quantizer_for(fmt, recipe.backend) for fmt in formats))
+def _flows(formats: Sequence[str], recipe: QuantRecipe, method: str) -> list[str]:
+    return list(dict.fromkeys(quantizer_for(fmt, recipe.backend, method) for fmt in formats))
 
 
 def _held_out(method: str, eval_set: ImageSet | None) -> str:

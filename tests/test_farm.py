@@ -39,7 +39,7 @@ def test_bad_farm_input_is_one_line(tmp_path):
     assert_user_error(run_cli("farm", "--targets", "nope", "--out", str(tmp_path / "f")), "unknown target 'nope'")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
-    assert_user_error(run_cli("farm", "--targets", "x86_64", "--out", str(tmp_path / "busy")), "not an edgeq farm")
+    assert_user_error(run_cli("farm", "--out", str(tmp_path / "busy")), "not an edgeq farm")  # default: all targets
     assert_user_error(run_cli("farm", "--from", str(tmp_path / "none"), "--targets", "x86_64", "--out",
                               str(tmp_path / "f2")), "no manifest.json")
 
