@@ -25,7 +25,9 @@ def main() -> None:
         results = suite.run(args.work, quick=args.quick,
                             log=lambda line: print(f"[{time.perf_counter() - t0:6.0f} s] {line}", flush=True))
         print(f"saved {suite.save(results, RESULTS)}")
-    if not results["quick"]:
+    if results["quick"]:
+        report.plot(results, RESULTS / "ratios-quick.png")
+    else:
         report.plot(results, RESULTS / "ratios.png")
         report.update_readme(suite.ROOT / "README.md", results)
     print(report.tables(results))

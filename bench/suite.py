@@ -74,32 +74,35 @@ def machine() -> dict:
             "versions": {p: version(p) for p in ("edgeq", "torch", "torchao", "executorch", "onnxruntime", "onnx")}}
 
 
-def edgeq_export(m: dict, out: Path, log_name: str, *args: str) -> dict:
+def edgeq_export(m: dict, out: Path, log: Path, *args: str) -> dict:
     cmd = measure.python("edgeq", "export", "--out", str(out), "--no-validate", "-q",
                          "--calib-samples", str(m["calib"]), *args)
     if m["source"] != "builtin":
         cmd += ["--model", m["source"], "--weights", m["weights"]]
     if m["check"]:
         cmd += ["--check-samples", str(m["check"])]
-    return measure.command(cmd, out.parent / "logs" / f"{log_name}.log")
+    return measure.command(cmd, log)
 
 
 def export_all(m: dict, work: Path, quick: bool, log: Log) -> dict:
-    name, d = m["name"], work / m["name"]
+    name, d, logs = m["name"], work / m["name"], work / "logs"
     d.mkdir()
     r: dict = {"source": m["source"], "exports": {}}
     # edgeq, every format and precision, for the host (x86 backend for .onnx/.ptl; .pte is always XNNPACK).
-    r["exports"]["edgeq full (x86_64)"] = edgeq_export(m, d / "x86_64", f"{name}.x86_64", "--target", "x86_64")
+    r["exports"]["edgeq full (x86_64)"] = edgeq_export(m, d / "x86_64", logs / f"{name}.x86_64.log", "--target",
+                                                         "x86_64")
     # The same work as the plain script: int8 .pte only (edgeq adds its host check).
-    r["exports"]["edgeq int8 .pte"] = edgeq_export(m, d / "pte", f"{name}.pte", "--target", "arm64",
+    r["exports"]["edgeq int8 .pte"] = edgeq_export(m, d / "pte", logs / f"{name}.pte.log", "--target", "arm64",
                                                    "--formats", "pte", "--precisions", "int8")
     if name == "builtin":
-        r["exports"]["edgeq full (arm64)"] = edgeq_export(m, d / "arm64", f"{name}.arm64", "--target", "arm64")
+        r["exports"]["edgeq full (arm64)"] = edgeq_export(m, d / "arm64", logs / f"{name}.arm64.log", "--target",
+                                                            "arm64")
         qat = ["--method", "qat", "--formats", "pte,onnx", "--precisions", "int8"]
         if quick:
             qat += ["--epochs", "1", "--train-samples", "4096"]
         log(f"{name}: QAT export")
-        r["exports"]["edgeq QAT int8 (arm64)"] = edgeq_export(m, d / "qat", f"{name}.qat", "--target", "arm64", *qat)
+        r["exports"]["edgeq QAT int8 (arm64)"] = edgeq_export(m, d / "qat", logs / f"{name}.qat.log", "--target",
+                                                                "arm64", *qat)
     manifest = Manifest.load(d / "x86_64")
     r["parameters"] = manifest.model["parameters"]
     r["input_shape"] = manifest.model["input_shape"]

@@ -127,7 +127,7 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
     else:
         print_terminal(manifest)
         click.echo(f"manifest and reports: {out / 'manifest.json'}, {out / 'report.md'}, {out / 'report.html'}")
-    _exit_if_failed(manifest, manifest.target["name"] if validate_on_target else None)
+    _exit_if_failed(manifest, target if validate_on_target else None)
 
 
 @main.group("targets")
@@ -196,7 +196,8 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
         click.echo(json.dumps(results, indent=2))
     else:
         print_terminal(Manifest.load(folder))
-    _exit_if_failed(Manifest.load(folder), next((r["target"] for r in results.values()), None))
+    manifest = Manifest.load(folder)
+    _exit_if_failed(manifest, target or manifest.target["name"])
 
 
 @main.command("report")
@@ -279,12 +280,14 @@ def farm_cmd(targets: tuple[str, ...] | None, out: Path, source: Path | None, jo
         sys.exit(1)
 
 
-def _exit_if_failed(manifest: Manifest, target: str | None) -> None:
+def _exit_if_failed(manifest: Manifest, target: str | Path | None) -> None:
     """CI gates on the exit code: 1 when an artifact failed its host check or its run on `target`."""
-    failed = [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)
-              or (target and not a.targets.get(target, {}).get("passed"))]
+    from edgeq.validate import failures
+
+    spec = load_target(target) if target else None
+    failed = failures(manifest, spec)
     if failed:
-        where = f"on the host or on {target}" if target else "on the host"
+        where = f"on the host or on {spec.name}" if spec else "on the host"
         click.echo(f"edgeq: error: {', '.join(failed)} failed {where} (see above)", err=True)
         sys.exit(1)
 

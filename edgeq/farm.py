@@ -32,6 +32,7 @@ from rich.progress import Progress
 from edgeq.errors import EdgeqError
 from edgeq.manifest import MANIFEST, Manifest, write_atomic
 from edgeq.targets import Target, list_targets, load_target
+from edgeq.validate import failures
 
 FARM = "farm.json"
 
@@ -101,7 +102,7 @@ def farm(targets: Sequence[str], out: str | Path, *, source: str | Path | None =
     def validate(spec: Target) -> FarmResult:
         code, error = _edgeq(["validate", str(out / spec.name), "--target", spec.name, "-q", *validate_args],
                              out / "logs" / f"{spec.name}.validate.log")
-        result = _result(spec.name, out, code, error, time.perf_counter() - started[spec.name])
+        result = _result(spec, out, code, error, time.perf_counter() - started[spec.name])
         step(f"{spec.name}: {'passed' if result.passed else 'FAILED'}")
         return result
 
@@ -130,13 +131,13 @@ def _edgeq(args: list[str], log: Path) -> tuple[int, str]:
     return proc.returncode, (errors[-1] if errors else lines[-1] if lines else "")[:300]
 
 
-def _result(target: str, out: Path, code: int, error: str, seconds: float) -> FarmResult:
+def _result(spec: Target, out: Path, code: int, error: str, seconds: float) -> FarmResult:
+    target = spec.name
     try:
         manifest = Manifest.load(out / target)
     except EdgeqError:
         return FarmResult(target, target, "?", False, code, [error], round(seconds, 1))
-    failed = [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)
-              or not a.targets.get(target, {}).get("passed")]
+    failed = failures(manifest, spec)
     pte = next((a.targets.get(target, {}) for a in manifest.artifacts if a.key == "int8 .pte"), {})
     latency = pte.get("latency_ms") or {}
     if code != 0 and not failed:

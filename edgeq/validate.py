@@ -171,6 +171,13 @@ def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulato
             "wall_s": round(time.perf_counter() - started, 2)}
 
 
+def failures(manifest: Manifest, spec: Target | None) -> list[str]:
+    """Artifacts that failed their host check, or failed (or did not run) on `spec`; formats the
+    target does not run are not its failures."""
+    return [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)
+            or (spec and a.format in spec.runtimes and not a.targets.get(spec.name, {}).get("passed"))]
+
+
 def measured_where(emulated: bool, spec: Target, seen: dict[str, Any]) -> tuple[str, str]:
     """(where, label) of a latency. A host run can be emulated too: inside `docker run --platform
     linux/arm64` on an x86 machine, binfmt QEMU runs everything, and only the CPU the kernel reports

@@ -191,3 +191,14 @@ def test_a_host_target_of_another_arch_is_refused(small_export, tmp_path, monkey
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     with pytest.raises(EdgeqError, match="target x86_64 is x86_64 and runs on the host, but this host is aarch64"):
         validate(small_export, "x86_64")
+
+
+def test_formats_a_target_does_not_run_are_not_its_failures(small_export, tmp_path):
+    """A target file with runtimes = ["pte"]: the .onnx is not run there, and that is no failure."""
+    dist = _copy(small_export, tmp_path)
+    spec = tmp_path / "pte-only.toml"
+    spec.write_text('name = "pte-only"\narch = "x86_64"\nbackend = "x86"\nruntimes = ["pte"]\n')
+    r = run_cli("validate", str(dist), "--target", str(spec), "--runs", "3", "--json")
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(r.stdout)) == {"int8 .pte"}
+    assert "pte-only" not in Manifest.load(dist).artifact("onnx", "int8").targets
