@@ -36,17 +36,19 @@ def outputs(fmt: str, path: Path, inputs: np.ndarray, engine: str = "qnnpack") -
     return np.stack([run(inputs[i:i + 1])[0] for i in range(len(inputs))])
 
 
-def command(args: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
-    """Run a command to completion: wall seconds and its peak RSS (wait4: this process alone)."""
+def command(args: list[str], log: Path, accept: tuple[int, ...] = (0,)) -> dict:
+    """Run a command to completion: wall seconds and its peak RSS (wait4: this process alone).
+    `accept`: exit codes that still mean it produced its output."""
     started = time.perf_counter()
     with log.open("w") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if proc.returncode not in accept:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"{' '.join(args[:4])} … failed ({proc.returncode}):\n{tail}")
-    return {"wall_s": round(time.perf_counter() - started, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"wall_s": round(time.perf_counter() - started, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "exit_code": proc.returncode}
 
 
 def python(module: str, *args: str) -> list[str]:

@@ -81,7 +81,9 @@ def edgeq_export(m: dict, out: Path, log: Path, *args: str) -> dict:
         cmd += ["--model", m["source"], "--weights", m["weights"]]
     if m["check"]:
         cmd += ["--check-samples", str(m["check"])]
-    return measure.command(cmd, log)
+    # Exit code 1 is a failed gate (the torchvision models' random weights miss the agreement
+    # threshold): the artifacts and the manifest are written all the same.
+    return measure.command(cmd, log, accept=(0, 1))
 
 
 def export_all(m: dict, work: Path, quick: bool, log: Log) -> dict:
@@ -175,7 +177,8 @@ def emulated(work: Path, quick: bool, log: Log) -> dict:
         spec.write_text(f'name = "{cpu}"\narch = "aarch64"\nqemu_cpu = "{cpu}"\nbackend = "qnnpack"\n'
                         'runtimes = ["pte", "onnx"]\n')
         measure.command(measure.python("edgeq", "validate", str(folder), "--target", str(spec), "--count-instructions",
-                                       "--samples", "20", "--runs", "5", "-q"), work / "logs" / f"emulated.{cpu}.log")
+                                       "--samples", "20", "--runs", "5", "-q"), work / "logs" / f"emulated.{cpu}.log",
+                        accept=(0, 1))
         rows = {}
         for a in Manifest.load(folder).artifacts:
             t = a.targets.get(cpu)
