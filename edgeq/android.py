@@ -151,11 +151,14 @@ def top_k(logits: np.ndarray, k: int) -> list[dict]:
 
 
 def _one_per_class(labels: np.ndarray, limit: int) -> list[int]:
+    """The first image of each class, then the next images, up to `limit`."""
     first: dict[int, int] = {}
     for i, label in enumerate(labels.tolist()):
         first.setdefault(label, i)
     picks = sorted(first.values())[:limit]
-    return picks if len(picks) >= min(limit, len(labels)) else list(range(min(limit, len(labels))))
+    chosen = set(picks)
+    rest = [i for i in range(len(labels)) if i not in chosen]
+    return sorted(picks + rest[:limit - len(picks)])
 
 
 def _to_image(x: np.ndarray, preprocess: Preprocess) -> Image.Image:
