@@ -30,7 +30,7 @@ from edgeq import runner
 from edgeq.export import onnx, pte, ptl
 from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file, write_atomic
 from edgeq.models import LoadedModel, load_model
-from edgeq.progress import progress_bars
+from edgeq.progress import log_lines, progress_bars
 from edgeq.provision import Emulator, cache_root
 from edgeq.provision import setup as provision_setup
 from edgeq import qat, report
@@ -168,7 +168,7 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
 
         if validate_on_target:
             if target_spec.qemu_cpu and platform.machine() != "aarch64" and Emulator(cache_root() / "aarch64").missing():
-                log = bar.console.print if not bar.disable else (lambda _: None)
+                log = log_lines(bar)
                 log(f"setting up the emulated target (once; cached in {cache_root()})")
                 provision_setup(log=lambda line: log(f"  {line}"))
             validate(out, target, runs=runs, progress=bar)
@@ -211,7 +211,7 @@ def _train(loaded: LoadedModel, recipe: QuantRecipe, formats: Sequence[str], con
            split: qat.TrainSplit, preprocess: Preprocess, checkpoints: Path, resume: bool, world: qat.World,
            bar: Progress, timings: dict[str, float]) -> tuple[dict[str, torch.nn.Module], list[qat.Record]]:
     """QAT, once per flow the formats need; each flow has its own checkpoint file."""
-    log = bar.console.print if not bar.disable else (lambda _: None)
+    log = log_lines(bar)
     quantized, records = {}, []
     for flow in _flows(formats, recipe, "qat"):
         t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -18,3 +18,8 @@ def progress_bars(enabled: bool) -> Iterator[Progress]:
         except BaseException:
             bar.live.transient = True  # on failure the error line alone is the output
             raise
+
+
+def log_lines(bar: Progress) -> Callable[[str], None]:
+    """Print a line above the bars (nothing when they are disabled, e.g. --quiet or --json)."""
+    return bar.console.print if not bar.disable else (lambda _: None)
