@@ -15,7 +15,6 @@ The folder is built beside assets/ and swapped in whole: a failure leaves the ol
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import shutil
@@ -30,7 +29,7 @@ from PIL import Image
 from edgeq import runner
 from edgeq.data import Preprocess
 from edgeq.errors import EdgeqError
-from edgeq.manifest import Manifest, verify_file
+from edgeq.manifest import Manifest, staged_output, verify_file
 
 ASSETS = Path("app") / "src" / "main" / "assets"
 GOLDEN_SAMPLES = 10  # one per class where the export has labels
@@ -67,11 +66,7 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
     classes = manifest.model.get("classes") or [f"class {i}" for i in range(manifest.model["num_classes"])]
 
     final = app / ASSETS
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.with_name(f".assets.tmp-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
+    with staged_output(final) as stage:  # swapped in whole: a failure leaves the old assets as they were
         shutil.copyfile(dist / pte.path, stage / "model.pte")
         (stage / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
         (stage / "preprocess.json").write_text(json.dumps({
@@ -79,13 +74,6 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
             "precision": precision, "edgeq": manifest.edgeq_version,
             "executorch": manifest.versions.get("executorch")}, indent=2) + "\n")
         count = _golden(stage, dist / pte.path, dist / manifest.reference["path"], preprocess, classes, precision)
-        old = final.with_name(f".assets.old-{os.getpid()}")
-        if final.exists():
-            os.rename(final, old)
-        os.rename(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
     exporter = manifest.versions.get("executorch", "unknown")
     in_app = _gradle_property(app / "gradle.properties", "executorchVersion")

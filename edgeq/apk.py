@@ -29,7 +29,7 @@ from pathlib import Path
 from edgeq import fetch
 from edgeq.errors import EdgeqError
 from edgeq.fetch import DEBIAN, Log
-from edgeq.manifest import sha256_file
+from edgeq.manifest import sha256_file, write_atomic
 
 STEP = "android apk"
 PLATFORM_PACKAGES = ("libandroid-23-java", "dalvik-exchange")
@@ -179,9 +179,7 @@ def build(app: str | Path, out: str | Path, log: Log = lambda _: None) -> ApkChe
                   "sign with the debug key (apksigner)", STEP)
         result = check(signed, {"package": config["applicationId"], "minSdk": config["minSdk"]})
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        shutil.copyfile(signed, tmp_out)
-        os.replace(tmp_out, out)
+        write_atomic(out, signed.read_bytes())
     result.path = str(out)
     return result
 

@@ -192,11 +192,11 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
         results = _run(lambda: validate(folder, target, runs=runs, warmup=warmup, threads=threads, samples=samples,
                                         count_instructions=count_instructions, timeout=timeout,
                                         thresholds=overrides, progress=bar))
+    manifest = Manifest.load(folder)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
-        print_terminal(Manifest.load(folder))
-    manifest = Manifest.load(folder)
+        print_terminal(manifest)
     _exit_if_failed(manifest, target or manifest.target["name"])
 
 

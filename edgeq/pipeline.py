@@ -7,12 +7,8 @@ never leaves a half-written export behind.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -28,7 +24,7 @@ from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
 from edgeq import runner
 from edgeq.export import onnx, pte, ptl
-from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file, write_atomic
+from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file, staged_output, write_atomic
 from edgeq.models import LoadedModel, load_model
 from edgeq.progress import log_lines, progress_bars
 from edgeq.provision import Emulator, cache_root
@@ -336,23 +332,3 @@ def check_output_folder(out: Path) -> None:
         except EdgeqError:
             raise EdgeqError(f"--out {out} exists and is not an edgeq export (no valid {MANIFEST}): "
                              "pass a new or empty folder") from None
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `out`, on any failure it is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgeq-", dir=out.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    os.chmod(stage, 0o755)  # mkdtemp makes it 0700
-    if out.exists():
-        old = out.with_name(f".{out.name}.edgeq-old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, out)
