@@ -9,15 +9,19 @@ app's assets/ folder.
                        tolerance), inputs.f32 (Python's preprocessing of samples/*.png) and
                        outputs.f32 (the .pte's outputs on those inputs, run on the host by ExecuTorch)
 
-The folder is built beside assets/ and swapped in whole: a failure leaves the old one as it was.
+Only these files are edgeq's: they are built in a staging folder beside assets/ (a failure leaves
+assets/ as it was), then moved in one by one, and `.edgeq-assets.json` lists them, so the next run
+replaces exactly those and never a file of the user's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -29,9 +33,12 @@ from PIL import Image
 from edgeq import runner
 from edgeq.data import Preprocess
 from edgeq.errors import EdgeqError
-from edgeq.manifest import Manifest, staged_output, verify_file
+from edgeq.manifest import Manifest, verify_file, write_atomic
+from edgeq.paths import inside, remove_stale, scratch_prefix
+from edgeq.schema import SchemaError, convert
 
 ASSETS = Path("app") / "src" / "main" / "assets"
+OWNED = ".edgeq-assets.json"  # in assets/: the files edgeq wrote there
 GOLDEN_SAMPLES = 10  # one per class where the export has labels
 TOP_K = 5
 
@@ -63,10 +70,18 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
         raise EdgeqError(f"{dist} has no reference.npz (exported by an older edgeq): re-export it")
     verify_file(dist, manifest.reference["path"], manifest.reference["sha256"])
     preprocess = Preprocess.from_dict(manifest.preprocess)
-    classes = manifest.model.get("classes") or [f"class {i}" for i in range(manifest.model["num_classes"])]
+    try:
+        classes = convert(list[str] | None, manifest.model.get("classes"), "model.classes") or \
+            [f"class {i}" for i in range(convert(int, manifest.model.get("num_classes"), "model.num_classes"))]
+    except SchemaError as e:
+        raise EdgeqError(f"{dist / 'manifest.json'}: {e}: re-export") from None
 
     final = app / ASSETS
-    with staged_output(final) as stage:  # swapped in whole: a failure leaves the old assets as they were
+    final.mkdir(parents=True, exist_ok=True)
+    owned = _owned(final)
+    remove_stale(final.parent, ".assets.edgeq-")
+    stage = Path(tempfile.mkdtemp(prefix=scratch_prefix(".assets.edgeq-"), dir=final.parent))
+    try:
         shutil.copyfile(dist / pte.path, stage / "model.pte")
         (stage / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
         (stage / "preprocess.json").write_text(json.dumps({
@@ -74,6 +89,9 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
             "precision": precision, "edgeq": manifest.edgeq_version,
             "executorch": manifest.versions.get("executorch")}, indent=2) + "\n")
         count = _golden(stage, dist / pte.path, dist / manifest.reference["path"], preprocess, classes, precision)
+        written = _move_in(stage, final, owned)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
     exporter = manifest.versions.get("executorch", "unknown")
     in_app = _gradle_property(app / "gradle.properties", "executorchVersion")
@@ -81,8 +99,42 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
     if in_app != exporter:
         warnings.append(f"the app builds against ExecuTorch {in_app} but the .pte was exported with {exporter}: "
                         f"set executorchVersion={exporter} in {app / 'gradle.properties'}")
-    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
-    return AndroidAssets(final, files, count, precision, exporter, in_app, warnings)
+    return AndroidAssets(final, written, count, precision, exporter, in_app, warnings)
+
+
+def _owned(assets: Path) -> set[str]:
+    """The files the last `edgeq android` wrote in assets/ (none before the first)."""
+    record = assets / OWNED
+    if not record.is_file():
+        return set()
+    try:
+        names = convert(list[str], json.loads(record.read_text()).get("files"), "files")
+        return {str(inside(assets, n, f"{record} lists").relative_to(assets)) for n in names}
+    except (ValueError, AttributeError, SchemaError, EdgeqError) as e:
+        raise EdgeqError(f"{record} is damaged ({e}): delete it and the assets edgeq wrote, then rerun") from None
+
+
+def _move_in(stage: Path, assets: Path, owned: set[str]) -> list[str]:
+    """Move the staged files into assets/, replacing only files edgeq wrote there before; then remove
+    the ones of the last run that this run did not write. Returns the new list."""
+    new = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+    theirs = [n for n in new if (assets / n).exists() and n not in owned]
+    if theirs:
+        raise EdgeqError(f"{assets / theirs[0]} exists and was not written by edgeq android: move it out of "
+                         "assets/ (edgeq replaces only its own files there)")
+    # Listed first as old ∪ new: an interrupted move leaves nothing edgeq would later refuse as foreign.
+    write_atomic(assets / OWNED, json.dumps({"files": sorted(owned | set(new))}, indent=1).encode())
+    for name in new:
+        (assets / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / name, assets / name)
+    for name in sorted(owned - set(new)):
+        (assets / name).unlink(missing_ok=True)
+        for folder in (assets / name).parents:  # folders edgeq made and that are now empty
+            if folder == assets or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    write_atomic(assets / OWNED, json.dumps({"files": new}, indent=1).encode())
+    return new
 
 
 def _golden(assets: Path, pte: Path, reference: Path, preprocess: Preprocess, classes: list[str],

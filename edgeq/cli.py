@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from edgeq import procs
 from edgeq import qat as qat_options
 from edgeq.errors import EdgeqError
-from edgeq.manifest import Manifest
-from edgeq.progress import progress_bars
+from edgeq.manifest import FORMATS, Manifest, dumps
+from edgeq.progress import plain_console, progress_bars
 from edgeq.report import print_terminal
-from edgeq.targets import FORMATS, list_targets, load_target
+from edgeq.targets import Target, list_targets, load_target, target_of
+
+# OSErrors that are the machine's state, not edgeq's bugs: they print as one line with the fix.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "free some space there, or write somewhere else",
+                       errno.EDQUOT: "free some space there, or write somewhere else",
+                       errno.EACCES: "choose a folder you can write, or fix its permissions",
+                       errno.EPERM: "choose a folder you can write, or fix its permissions",
+                       errno.EROFS: "the file system is read-only: write somewhere else",
+                       errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+                       errno.EISDIR: "the path is a folder: pass a file",
+                       errno.ENAMETOOLONG: "use a shorter path"}
 
 
 def _numbers(cast: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
@@ -35,7 +47,57 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Where every error crosses the CLI boundary: a user error (EdgeqError, or the machine's state:
+    a full disk, no permission) becomes one line on stderr and exit code 1; SIGINT/SIGTERM unwind
+    like Ctrl-C (130/143) after ending edgeq's children; anything else is a bug in edgeq and says so,
+    with its traceback (exit code 70)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with procs.signals_handled():
+            try:
+                return super().invoke(ctx)
+            except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except EdgeqError as e:
+                _fail(str(e))
+            except procs.Interrupted as e:
+                click.echo(f"edgeq: {e}", err=True)
+                sys.exit(128 + e.signum)
+            except KeyboardInterrupt as e:
+                click.echo(f"edgeq: {str(e) or 'interrupted; nothing was written'}", err=True)
+                sys.exit(130)
+            except OSError as e:
+                if e.errno not in _ENVIRONMENT_ERRNOS:
+                    _internal_error(e)
+                _fail(_os_error_line(e))
+            except Exception as e:  # noqa: BLE001 - the last boundary: report it as what it is
+                _internal_error(e)
+
+
+def _fail(line: str) -> None:
+    click.echo(f"edgeq: error: {' '.join(line.split())}", err=True)
+    sys.exit(1)
+
+
+def _os_error_line(e: OSError) -> str:
+    from edgeq.fetch import cache_root
+
+    where = f": {e.filename}" if e.filename else ""
+    fix = _ENVIRONMENT_ERRNOS[e.errno]
+    if e.filename and Path(str(e.filename)).resolve().is_relative_to(cache_root().resolve()):
+        fix += f" (this is edgeq's cache: set EDGEQ_CACHE to a folder you can write)"
+    return f"{(e.strerror or type(e).__name__).lower()}{where}: {fix}"
+
+
+def _internal_error(e: BaseException) -> None:
+    traceback.print_exception(e)
+    click.echo(f"edgeq: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — "
+               "this is a bug in edgeq, not in your input; please report it with the traceback above", err=True)
+    sys.exit(70)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeq")
 def main() -> None:
     """Quantize PyTorch vision models into mobile artifacts (.pte, .onnx, .ptl) and check them."""
@@ -119,7 +181,7 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
                       per_channel=not per_tensor, mean=mean, std=std, resize=resize,
                       validate_on_target=validate_on_target, runs=runs, progress=not quiet and not as_json)
 
-    manifest = _run(run)
+    manifest = run()
     if manifest is None:  # another rank of a torchrun job: rank 0 reports
         return
     if as_json:
@@ -127,7 +189,7 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
     else:
         print_terminal(manifest)
         click.echo(f"manifest and reports: {out / 'manifest.json'}, {out / 'report.md'}, {out / 'report.html'}")
-    _exit_if_failed(manifest, target if validate_on_target else None)
+    _exit_if_failed(manifest, load_target(target) if validate_on_target else None)
 
 
 @main.group("targets")
@@ -142,10 +204,10 @@ def targets_list() -> None:
     emu = Emulator(cache_root() / "aarch64")
     ready = not emu.missing()
     table = Table("target", "arch", "qemu -cpu", "backend", "runtimes", "set up", "description")
-    for t in _run(list_targets):
+    for t in list_targets():
         state = "host" if t.qemu_cpu is None else ("yes" if ready else "no: edgeq targets setup " + t.name)
         table.add_row(t.name, t.arch, t.qemu_cpu or "(host)", t.backend, ", ".join(t.runtimes), state, t.description)
-    Console().print(table)
+    plain_console().print(table)
 
 
 @targets_group.command("setup")
@@ -155,12 +217,12 @@ def targets_setup(name: str, with_plugins: bool) -> None:
     """Provision an emulated target in the cache (EDGEQ_CACHE, default ~/.cache/edgeq). Idempotent."""
     from edgeq.provision import setup
 
-    target = _run(lambda: load_target(name))
+    target = load_target(name)
     if target.qemu_cpu is None:
         click.echo(f"{target.name} runs on the host: nothing to set up")
         return
-    console = Console(stderr=True)
-    emu = _run(lambda: setup(with_plugins, log=lambda line: console.print(f"setup {target.name}: {line}")))
+    console = plain_console(stderr=True)
+    emu = setup(with_plugins, log=lambda line: console.print(f"setup {target.name}: {line}"))
     click.echo(f"{target.name}: ready in {emu.root} (qemu-aarch64 -cpu {target.qemu_cpu})")
 
 
@@ -189,15 +251,15 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
     overrides = {k: v for k, v in (("min_top1_agreement", min_agreement), ("min_sqnr_db", min_sqnr),
                                    ("max_accuracy_drop", max_accuracy_drop)) if v is not None}
     with progress_bars(not quiet and not as_json) as bar:
-        results = _run(lambda: validate(folder, target, runs=runs, warmup=warmup, threads=threads, samples=samples,
-                                        count_instructions=count_instructions, timeout=timeout,
-                                        thresholds=overrides, progress=bar))
+        results = validate(folder, target, runs=runs, warmup=warmup, threads=threads, samples=samples,
+                           count_instructions=count_instructions, timeout=timeout, thresholds=overrides, progress=bar)
     manifest = Manifest.load(folder)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(dumps(results))
     else:
         print_terminal(manifest)
-    _exit_if_failed(manifest, target or manifest.target["name"])
+    _exit_if_failed(manifest, load_target(target) if target else
+                    target_of(manifest.target, f"{folder / 'manifest.json'}: target"))
 
 
 @main.command("report")
@@ -208,12 +270,12 @@ def report_cmd(folder: Path, md_path: Path | None, html_path: Path | None) -> No
     """Size, accuracy and latency of an export, from its manifest.json: terminal, Markdown, HTML."""
     from edgeq import report
 
-    manifest = _run(lambda: Manifest.load(folder))
+    manifest = Manifest.load(folder)
     print_terminal(manifest)
     if md_path:
-        _run(lambda: report.write_one(md_path, report.markdown(manifest)))
+        report.write_one(md_path, report.markdown(manifest))
     if html_path:
-        _run(lambda: report.write_one(html_path, report.html(manifest)))
+        report.write_one(html_path, report.html(manifest))
 
 
 @main.command("android")
@@ -228,8 +290,8 @@ def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) ->
     demo's assets (APP/app/src/main/assets); then open APP in Android Studio and run it."""
     from edgeq import android, apk
 
-    console = Console(stderr=True)
-    result = _run(lambda: android.install(dist, app, precision))
+    console = plain_console(stderr=True)
+    result = android.install(dist, app, precision)
     click.echo(f"{result.folder}: {len(result.files)} files (model.pte {result.precision}, {result.samples} samples "
                f"with golden outputs from ExecuTorch {result.executorch_export} on the host)")
     for warning in result.warnings:
@@ -238,7 +300,7 @@ def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) ->
         click.echo(f"next: open {app} in Android Studio and Run (or ./gradlew installDebug; "
                    "./gradlew connectedAndroidTest runs the golden-output test on a device)")
         return
-    check = _run(lambda: apk.build(app, apk_path, log=lambda line: console.print(f"android: {line}")))
+    check = apk.build(app, apk_path, log=lambda line: console.print(f"android: {line}"))
     click.echo(f"{check.path}: {check.bytes / 1e6:.1f} MB, {check.package}, minSdk {check.min_sdk}, "
                f"{', '.join(check.native_code)}, {check.entries} entries, model.pte stored uncompressed, "
                f"signature {'+'.join(check.signatures)} verified; built and packaged offline, not run on a device")
@@ -271,8 +333,8 @@ def farm_cmd(targets: tuple[str, ...] | None, out: Path, source: Path | None, jo
         if value is not None:
             validate_args.append(f"{flag}={value}")
     with progress_bars(not quiet) as bar:
-        results = _run(lambda: farm(targets or default_targets(), out, source=source, jobs=jobs,
-                                    export_args=export_args, validate_args=validate_args, progress=bar))
+        results = farm(targets or default_targets(), out, source=source, jobs=jobs,
+                                    export_args=export_args, validate_args=validate_args, progress=bar)
     click.echo(markdown(results))
     failed = [r.target for r in results if not r.passed]
     if failed:
@@ -280,25 +342,13 @@ def farm_cmd(targets: tuple[str, ...] | None, out: Path, source: Path | None, jo
         sys.exit(1)
 
 
-def _exit_if_failed(manifest: Manifest, target: str | Path | None) -> None:
-    """CI gates on the exit code: 1 when an artifact failed its host check or its run on `target`."""
+def _exit_if_failed(manifest: Manifest, spec: Target | None) -> None:
+    """CI gates on the exit code: 1 when an artifact failed its host check or its run on `spec`."""
     from edgeq.validate import failures
 
-    spec = load_target(target) if target else None
     failed = failures(manifest, spec)
     if failed:
         where = f"on the host or on {spec.name}" if spec else "on the host"
         click.echo(f"edgeq: error: {', '.join(failed)} failed {where} (see above)", err=True)
         sys.exit(1)
 
-
-def _run(fn: Callable[[], Any]) -> Any:
-    """Call the API; an EdgeqError becomes one line on stderr and exit code 1, no traceback."""
-    try:
-        return fn()
-    except EdgeqError as e:
-        click.echo(f"edgeq: error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt as e:
-        click.echo(f"edgeq: {str(e) or 'interrupted; nothing was written'}", err=True)
-        sys.exit(130)

@@ -7,6 +7,7 @@ Android app reproduce exactly what the model saw during calibration and checks.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,12 @@ class Preprocess:
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.channels:
                 raise EdgeqError(f"--{name} has {len(values)} values but the input has {self.channels} channels: give one per channel")
+            if not all(math.isfinite(v) for v in values):
+                raise EdgeqError(f"--{name} {','.join(map(str, values))} has a value that is not a finite number")
+        if not all(v > 0 for v in self.std):
+            raise EdgeqError(f"--std {','.join(map(str, self.std))}: every std must be above 0 (inputs are divided by it)")
+        if self.resize is not None and self.resize < 1:
+            raise EdgeqError(f"--resize {self.resize}: must be at least 1 (the shorter side's length in pixels)")
 
     @staticmethod
     def default_for(input_shape: tuple[int, ...], grayscale_stats: bool) -> "Preprocess":
@@ -88,9 +95,13 @@ class Preprocess:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Preprocess":
-        return Preprocess(size=tuple(d["size"]), channels=d["channels"], resize=d["resize"],
-                          mean=tuple(d["mean"]), std=tuple(d["std"]), scale=d.get("scale", 1 / 255),
-                          interpolation=d.get("interpolation", "bilinear"), layout=d.get("layout", "NCHW"))
+        """From a manifest's record, every value checked."""
+        from edgeq import schema
+
+        try:
+            return schema.build(Preprocess, d, "preprocess")
+        except schema.SchemaError as e:
+            raise EdgeqError(f"the manifest's {e}: re-export") from None
 
 
 @dataclass

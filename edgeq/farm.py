@@ -29,8 +29,9 @@ from typing import Sequence
 
 from rich.progress import Progress
 
+from edgeq import procs
 from edgeq.errors import EdgeqError
-from edgeq.manifest import MANIFEST, Manifest, write_atomic
+from edgeq.manifest import MANIFEST, Manifest, check_replaceable, write_atomic
 from edgeq.targets import Target, list_targets, load_target
 from edgeq.validate import failures
 
@@ -62,10 +63,18 @@ def farm(targets: Sequence[str], out: str | Path, *, source: str | Path | None =
     specs = [load_target(t) for t in targets]
     if not specs:
         raise EdgeqError("no targets given: pass --targets NAME[,NAME…] (edgeq targets list)")
+    # How the commands name each target: the user's .toml path where one was given, so the child
+    # edgeq finds it too. Names are plain (checked at load): each is a folder and a log file here.
+    given = {spec.name: str(Path(t).resolve()) if str(t).endswith(".toml") else spec.name
+             for spec, t in zip(specs, targets)}
+    if len(given) != len(specs):
+        raise EdgeqError("two targets share a name: each target's folder is named after it; rename one")
     if out.exists() and any(out.iterdir()) and not (out / FARM).is_file():
         raise EdgeqError(f"--out {out} exists and is not an edgeq farm folder (no {FARM}): pass a new or empty folder")
     if source is not None:
         Manifest.load(Path(source))  # a clear error before anything is copied
+    for spec in specs:  # an earlier farm's exports are replaced; nothing else is
+        check_replaceable(out / spec.name, option=f"farm folder for {spec.name}:")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     task = progress.add_task("farm", total=2 * len(specs)) if progress else None
 
@@ -84,23 +93,24 @@ def farm(targets: Sequence[str], out: str | Path, *, source: str | Path | None =
         if source is None:
             if progress:
                 progress.update(task, description=f"exporting for {first.name}")
-            code, error = _edgeq(["export", "--target", first.name, "--out", str(origin), "--no-validate", "-q",
+            code, error = _edgeq(["export", "--target", given[first.name], "--out", str(origin), "--no-validate", "-q",
                                   *export_args], out / "logs" / f"{first.name}.export.log")
             if code != 0:
                 for spec in group:
                     results[spec.name] = FarmResult(spec.name, spec.name, first.name, False, code, [f"export: {error}"])
                     step(f"export for {first.name} failed", done=2)
                 continue
-        exported_for = Manifest.load(origin).target["name"]
+        exported_for = str(Manifest.load(origin).target.get("name", "?"))
         for spec in group:
             if out / spec.name != origin:
+                check_replaceable(out / spec.name, option=f"farm folder for {spec.name}:")
                 shutil.rmtree(out / spec.name, ignore_errors=True)
                 shutil.copytree(origin, out / spec.name)
             step(f"exported for {exported_for}")
             ready.append(spec)
 
     def validate(spec: Target) -> FarmResult:
-        code, error = _edgeq(["validate", str(out / spec.name), "--target", spec.name, "-q", *validate_args],
+        code, error = _edgeq(["validate", str(out / spec.name), "--target", given[spec.name], "-q", *validate_args],
                              out / "logs" / f"{spec.name}.validate.log")
         result = _result(spec, out, code, error, time.perf_counter() - started[spec.name])
         step(f"{spec.name}: {'passed' if result.passed else 'FAILED'}")
@@ -125,7 +135,7 @@ def _groups(specs: list[Target]) -> list[list[Target]]:
 def _edgeq(args: list[str], log: Path) -> tuple[int, str]:
     """Run an edgeq command in its own process (as CI does); (exit code, its last error line)."""
     with log.open("w") as f:
-        proc = subprocess.run([sys.executable, "-m", "edgeq", *args], stdout=f, stderr=subprocess.STDOUT)
+        proc = procs.run([sys.executable, "-m", "edgeq", *args], stdout=f, stderr=subprocess.STDOUT)
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("edgeq: error:")]
     return proc.returncode, (errors[-1] if errors else lines[-1] if lines else "")[:300]
@@ -142,7 +152,7 @@ def _result(spec: Target, out: Path, code: int, error: str, seconds: float) -> F
     latency = pte.get("latency_ms") or {}
     if code != 0 and not failed:
         failed = [error]
-    return FarmResult(target, target, manifest.target["name"], code == 0 and not failed, code, failed,
+    return FarmResult(target, target, str(manifest.target.get("name", "?")), code == 0 and not failed, code, failed,
                       round(seconds, 1), latency.get("median"), latency.get("measured"))
 
 

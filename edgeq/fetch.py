@@ -3,7 +3,8 @@ calls whose failures read as one line, and `apt-get download` with a private APT
 
 Used by `edgeq targets setup` (the emulated target) and by the offline APK build (`edgeq android
 --apk`). A step is built in a temporary sibling folder and renamed when complete, with a marker
-naming what it was built from: a step is either done or absent, and a rerun skips what is done.
+naming what it was built from and every file it made (with sizes), written last: a step is done
+only while all of those are there, so a rerun skips what is done and rebuilds what was damaged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from edgeq.errors import EdgeqError
+from edgeq.paths import remove_stale, scratch_prefix
 
 DEBIAN = os.environ.get("EDGEQ_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEBIAN_SECURITY = os.environ.get("EDGEQ_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
@@ -28,23 +30,54 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEQ_CACHE") or Path.home() / ".cache" / "edgeq")
 
 
+STEP_MARKER = ".edgeq-step.json"
+
+
 def marker(folder: Path) -> str | None:
+    """The key `folder` was built from, or None when it is not a complete step."""
+    return step_state(folder)[0]
+
+
+def step_state(folder: Path) -> tuple[str | None, str | None]:
+    """(key, None) for a complete step; (None, what is wrong) for a damaged one; (None, None) if absent."""
     try:
-        return json.loads((folder / ".edgeq-step.json").read_text())["key"]
-    except (OSError, ValueError, KeyError):
-        return None
+        doc = json.loads((folder / STEP_MARKER).read_text())
+        key, files = doc["key"], doc["files"]
+        if not isinstance(key, str) or not isinstance(files, dict):
+            raise ValueError
+    except FileNotFoundError:
+        return None, ("its marker is missing" if folder.exists() else None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"its marker {STEP_MARKER} is unreadable"
+    for name, size in files.items():
+        try:
+            st = (folder / name).lstat()
+        except OSError:
+            return None, f"{name} is missing"
+        if size is not None and st.st_size != size:
+            return None, f"{name} has {st.st_size} bytes, not {size}"
+    return key, None
+
+
+def _inventory(folder: Path) -> dict[str, int | None]:
+    """Every file (its size) and link (None) below `folder`."""
+    return {str(p.relative_to(folder)): None if p.is_symlink() else p.stat().st_size
+            for p in folder.rglob("*") if p.is_symlink() or p.is_file()}
 
 
 @contextlib.contextmanager
 def building(final: Path, key: str) -> Iterator[Path]:
-    """A temporary sibling folder that replaces `final` only when the step completed."""
+    """A temporary sibling folder that replaces `final` only when the step completed. Folders left by
+    a killed setup are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    prefix = f".{final.name}.tmp-"
+    remove_stale(final.parent, prefix)
+    tmp = final.with_name(f"{scratch_prefix(prefix)}build")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
-        (tmp / ".edgeq-step.json").write_text(json.dumps({"key": key}))
+        (tmp / STEP_MARKER).write_text(json.dumps({"key": key, "files": _inventory(tmp)}))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
     finally:
@@ -52,11 +85,12 @@ def building(final: Path, key: str) -> Iterator[Path]:
 
 
 def cached_step(final: Path, key: str, build: Callable[[Path], None], log: Log) -> Path:
-    """Run `build(tmp)` unless `final` is already built from `key`."""
-    if marker(final) == key:
+    """Run `build(tmp)` unless `final` is already built from `key` and complete."""
+    done, damage = step_state(final)
+    if done == key:
         log(f"{final.name}: cached in {final}")
         return final
-    log(f"{final.name}: setting up …")
+    log(f"{final.name}: {'damaged (' + damage + '), rebuilding' if damage else 'setting up'} …")
     with building(final, key) as tmp:
         build(tmp)
     log(f"{final.name}: done ({folder_size(final)})")

@@ -5,17 +5,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from edgeq import schema
 from edgeq.errors import EdgeqError
+from edgeq.paths import inside, plain_name, remove_stale, scratch_prefix
 
 MANIFEST = "manifest.json"
+REPORTS = ("report.md", "report.html")
 SCHEMA = 1
+FORMATS = ("pte", "onnx", "ptl")
+PRECISIONS = ("int8", "fp32")
 
 
 @dataclass
@@ -25,10 +31,11 @@ class HostCheck:
     samples: int
     top1_agreement: float
     sqnr_db: float | None  # None: outputs bit-identical to the float model's
-    max_abs_err: float
+    max_abs_err: float | None  # None: the outputs were not all finite
     accuracy: float | None = None
     passed: bool | None = None  # all of `gates` hold
     gates: list[str] = field(default_factory=list)  # the conditions checked, e.g. "top1_agreement >= 0.97"
+    nonfinite_outputs: int = 0  # NaN or ±inf values among the outputs (the artifact then fails)
 
 
 @dataclass
@@ -69,7 +76,12 @@ class Manifest:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return dumps(self.to_dict())
+
+    def files(self) -> list[str]:
+        """The names edgeq wrote in the export folder: all it may replace there."""
+        return [MANIFEST, *REPORTS, *([self.reference["path"]] if self.reference else []),
+                *(a.path for a in self.artifacts)]
 
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST
@@ -84,11 +96,23 @@ class Manifest:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Manifest":
-        arts = []
-        for a in d.get("artifacts", []):
-            check = a.get("host_check")
-            arts.append(Artifact(**{**a, "host_check": HostCheck(**check) if check else None}))
-        return Manifest(**{**d, "artifacts": arts})
+        """Checked field by field (a wrong type, an unknown format or a file name that is not a plain
+        name in the folder raises SchemaError); fields a newer edgeq added are ignored."""
+        m = schema.build(Manifest, d)
+        for i, a in enumerate(m.artifacts):
+            where = f"artifacts[{i}]"
+            if a.format not in FORMATS or a.precision not in PRECISIONS:
+                raise schema.SchemaError(where, f"unknown artifact {a.precision} .{a.format} "
+                                                f"(formats {', '.join(FORMATS)}; precisions {', '.join(PRECISIONS)})")
+            _file_name(a.path, f"{where}.path")
+        if m.reference is not None:
+            _file_name(m.reference.get("path"), "reference.path")
+            if not isinstance(m.reference.get("sha256"), str):
+                raise schema.SchemaError("reference.sha256", "must be text")
+        keys = [a.key for a in m.artifacts]
+        if len(set(keys)) != len(keys):
+            raise schema.SchemaError("artifacts", "lists an artifact twice")
+        return m
 
     @staticmethod
     def load(folder: Path) -> "Manifest":
@@ -97,8 +121,30 @@ class Manifest:
             raise EdgeqError(f"no {MANIFEST} in {folder}: run edgeq export --out {folder} first")
         try:
             return Manifest.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
-            raise EdgeqError(f"{path} is not an edgeq manifest ({type(e).__name__}: {e}): re-run edgeq export") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, schema.SchemaError) as e:
+            raise EdgeqError(f"{path} is not an edgeq manifest ({e}): re-run edgeq export") from None
+
+
+def _file_name(name: Any, where: str) -> None:
+    try:
+        plain_name(name, "file name")
+    except EdgeqError as e:
+        raise schema.SchemaError(where, str(e)) from None
+
+
+def dumps(data: Any) -> str:
+    """Strict JSON: a NaN or infinity that slipped through becomes null (bare NaN is not JSON)."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def sha256_file(path: Path) -> str:
@@ -110,8 +156,8 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_file(folder: Path, name: str, sha256: str) -> None:
-    """The file a manifest lists is there and unchanged since export."""
-    path = folder / name
+    """The file a manifest lists is there, inside `folder`, and unchanged since export."""
+    path = inside(folder, name, f"{MANIFEST} lists the file")
     if not path.is_file():
         raise EdgeqError(f"{path} is missing (listed in {MANIFEST}): re-export, or restore the file")
     if sha256_file(path) != sha256:
@@ -132,21 +178,44 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def check_replaceable(out: Path, option: str = "--out") -> None:
+    """`out` may be new, empty, or an earlier edgeq export holding only the files its manifest lists:
+    that is all edgeq will replace. Anything else there is the user's, and refused."""
+    if out.exists() and not out.is_dir():
+        raise EdgeqError(f"{option} {out} is a file: pass a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        owned = set(Manifest.load(out).files())
+    except EdgeqError:
+        raise EdgeqError(f"{option} {out} exists and is not an edgeq export (no valid {MANIFEST}): "
+                         "pass a new or empty folder") from None
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in owned or not p.is_file() or p.is_symlink())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise EdgeqError(f"{option} {out} holds files edgeq did not write ({shown}): edgeq replaces the whole "
+                         "folder, so move them out or pass a new folder")
+
+
 @contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `out`, on any failure it is removed."""
+def staged_output(out: Path, before_replace: Callable[[], None] = lambda: None) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `out` (after `before_replace`, the last
+    chance to refuse), on any failure it is removed. Stages left by a killed edgeq are removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgeq-", dir=out.parent))
+    prefix = f".{out.name}.edgeq-"
+    remove_stale(out.parent, prefix)
+    stage = Path(tempfile.mkdtemp(prefix=scratch_prefix(prefix), dir=out.parent))
     try:
         yield stage
+        before_replace()
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     os.chmod(stage, 0o755)  # mkdtemp makes it 0700
     if out.exists():
-        old = out.with_name(f".{out.name}.edgeq-old-{os.getpid()}")
+        old = Path(tempfile.mkdtemp(prefix=scratch_prefix(prefix), dir=out.parent)) / "old"
         os.rename(out, old)
         os.rename(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old.parent, ignore_errors=True)
     else:
         os.rename(stage, out)

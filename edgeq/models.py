@@ -74,6 +74,11 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     if weights is not None:
         digest = load_weights(module, Path(weights))
     module.eval()
+    bad = next((name for name, t in (*module.named_parameters(), *module.named_buffers())
+                if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise EdgeqError(f"{source}: {bad} holds NaN or infinite values"
+                         f"{f' (from {weights})' if weights is not None else ''}: use a checkpoint from a healthy run")
     shape = tuple(input_shape) if input_shape else default_shape
     if shape is None:
         raise EdgeqError(f"model {source} has no default input shape: pass --input-shape N,C,H,W "
@@ -132,8 +137,10 @@ def _literal(text: str) -> Any:
 def _call_factory(factory: Callable[[], Any], source: str) -> nn.Module:
     try:
         model = factory()
-    except TypeError as e:
-        raise EdgeqError(f"building {source} failed: {e}; check the model's arguments") from None
+    except Exception as e:  # noqa: BLE001 - the user's code or arguments: one line, naming the fix
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise EdgeqError(f"building {source} failed ({type(e).__name__}: {first}): fix the factory or the "
+                         "model's arguments") from None
     if not isinstance(model, nn.Module):
         raise EdgeqError(f"{source} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -159,6 +166,8 @@ def _import_module(name: str) -> Any:
         return importlib.import_module(name)
     except ImportError as e:
         raise EdgeqError(f"cannot import module {name!r} ({e}): install it or use path/to/file.py:factory") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while importing
+        raise EdgeqError(f"importing {name} failed: {type(e).__name__}: {e}") from None
 
 
 def load_weights(module: nn.Module, path: Path) -> str:

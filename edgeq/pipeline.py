@@ -8,6 +8,7 @@ never leaves a half-written export behind.
 from __future__ import annotations
 
 import io
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +25,7 @@ from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
 from edgeq import runner
 from edgeq.export import onnx, pte, ptl
-from edgeq.manifest import MANIFEST, Artifact, Manifest, sha256_file, staged_output, write_atomic
+from edgeq.manifest import PRECISIONS, Artifact, Manifest, check_replaceable, sha256_file, staged_output, write_atomic
 from edgeq.models import LoadedModel, load_model
 from edgeq.progress import log_lines, progress_bars
 from edgeq.provision import Emulator, cache_root
@@ -35,7 +36,6 @@ from edgeq.quantize import QuantRecipe, quantize_static, quantizer_for
 from edgeq.targets import FORMATS, Thresholds, load_target
 from edgeq.validate import compare, validate
 
-PRECISIONS = ("int8", "fp32")
 METHODS = ("static", "qat")
 LIBRARIES = ("torch", "torchvision", "torchao", "executorch", "onnx", "onnxscript", "onnxruntime", "numpy")
 DEFAULT_HELD_OUT = 200  # held-out calibration images checked when there is no eval data
@@ -82,7 +82,9 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
     training = training or TrainConfig()
     if check_samples is not None and check_samples < 1:
         raise EdgeqError("--check-samples must be at least 1")
-    check_output_folder(out)
+    inputs = {"--weights": weights, "--calib-data": calib_data, "--eval-data": eval_data, "--train-data": train_data,
+              "--checkpoint-dir": checkpoint_dir}
+    check_output_folder(out, inputs)
 
     loaded = load_model(model, weights, tuple(input_shape) if input_shape else None)
     preprocess = _preprocess(loaded, mean, std, resize)
@@ -117,7 +119,7 @@ def export(out: str | Path, *, model: str | None = None, weights: str | Path | N
                 if "int8" in precisions else {}
             data_info, trained = {"calibration": labelled.info(len(calib_indices))}, None
 
-        with staged_output(out) as stage:
+        with staged_output(out, before_replace=lambda: check_output_folder(out, inputs)) as stage:
             artifacts = []
             task = bar.add_task("exporting", total=len(formats) * len(precisions))
             for precision in precisions:
@@ -322,13 +324,21 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def check_output_folder(out: Path) -> None:
-    """The output folder may be new, empty, or an earlier edgeq export; nothing else is overwritten."""
-    if out.exists() and not out.is_dir():
-        raise EdgeqError(f"--out {out} is a file: pass a folder")
-    if out.is_dir() and any(out.iterdir()):
-        try:
-            Manifest.load(out)
-        except EdgeqError:
-            raise EdgeqError(f"--out {out} exists and is not an edgeq export (no valid {MANIFEST}): "
-                             "pass a new or empty folder") from None
+def check_output_folder(out: Path, inputs: dict[str, Any]) -> None:
+    """Before any work: `out` can be written, replaces only an earlier export (see
+    manifest.check_replaceable), and holds none of the inputs (replacing it would delete them)."""
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if target == here or here.is_relative_to(target):
+        raise EdgeqError(f"--out {out} is the current folder or holds it: edgeq replaces the output folder whole; "
+                         "pass a new folder, e.g. --out dist")
+    for option, value in inputs.items():
+        if value is not None and Path(value).exists() and Path(value).resolve().is_relative_to(target):
+            raise EdgeqError(f"{option} {value} lies inside --out {out}, which edgeq replaces whole: "
+                             "keep inputs outside the output folder, or pass another --out")
+    check_replaceable(out)
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise EdgeqError(f"--out {out}: {parent} is not a folder: pass a path under a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgeqError(f"--out {out}: cannot write in {parent} (permission denied): pass a folder you can write")

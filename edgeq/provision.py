@@ -112,6 +112,7 @@ def setup(with_plugins: bool = False, log: Log = lambda _: None) -> Emulator:
             raise EdgeqError(f"targets setup{' --with-plugins' if with_plugins else ''} needs {tool} on the host "
                              "(Debian: apt-get install binutils gcc pkg-config)")
     emu = Emulator(cache_root() / "aarch64")
+    emu.root.mkdir(parents=True, exist_ok=True)  # an unwritable cache fails here, before any step
     steps: list[tuple[str, Callable[[Path, Path], None]]] = [
         ("qemu", _qemu), ("sysroot", _sysroot), ("wheels", _wheels), ("stubs", _stubs)]
     if with_plugins:

@@ -25,8 +25,7 @@ from torch.fx import GraphModule
 from edgeq.errors import EdgeqError
 from edgeq.graph import export_failure
 from edgeq.runner import quantized_engine
-
-BACKENDS = ("qnnpack", "x86")
+from edgeq.targets import BACKENDS
 
 Calibration = Callable[[], Iterator[np.ndarray]]  # yields preprocessed batches, N×C×H×W float32
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.manifest import Manifest, write_atomic
+from edgeq.manifest import REPORTS, Manifest, write_atomic
 
-REPORT_MD, REPORT_HTML = "report.md", "report.html"
+REPORT_MD, REPORT_HTML = REPORTS
 DASH = "–"
 
 
@@ -39,7 +39,7 @@ def tables(m: Manifest) -> list[Table]:
     for a in m.artifacts:
         c = a.host_check
         host.rows.append([a.key, _size(a.bytes), f"{a.bytes / fp32[a.format]:.2f}×" if a.format in fp32 else DASH,
-                          _pct(c.top1_agreement) if c else DASH, _db(c.sqnr_db) if c else DASH,
+                          _pct(c.top1_agreement) if c else DASH, _db(c.sqnr_db, c.nonfinite_outputs) if c else DASH,
                           _pct(c.accuracy) if c else DASH])
         host.ok.append(c.passed if c else None)
     out = [host]
@@ -57,7 +57,7 @@ def tables(m: Manifest) -> list[Table]:
                 t.rows.append([key, r["error"][:120], *[DASH] * 6])
             else:
                 c, lat, insns = r["check"], r["latency_ms"], r.get("instructions_per_inference")
-                t.rows.append([key, _pct(c["top1_agreement"]), _db(c["sqnr_db"]), _pct(c["accuracy"]),
+                t.rows.append([key, _pct(c["top1_agreement"]), _db(c["sqnr_db"], c.get("nonfinite_outputs", 0)), _pct(c["accuracy"]),
                                f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{insns / 1e6:.2f} M" if insns else DASH,
                                f"{r['load_s']:.2f}"])
             t.ok.append(bool(r.get("passed")))
@@ -81,16 +81,19 @@ def notes(m: Manifest) -> list[str]:
 
 
 def print_terminal(m: Manifest, console: Any = None) -> None:
-    from rich.console import Console
     from rich.table import Table as RichTable
+    from rich.text import Text
 
-    console = console or Console()
+    from edgeq.progress import plain_console
+
+    console = console or plain_console()
+    verdict = {True: Text("✓", style="green"), False: Text("✗ FAIL", style="red"), None: DASH}
     for t in tables(m):
         table = RichTable(title=t.title)
         for col in (*t.columns, "ok"):
             table.add_column(col, justify="left" if col == "artifact" else "right", overflow="fold")
         for row, ok in zip(t.rows, t.ok):
-            table.add_row(*row, {True: "[green]✓[/]", False: "[red]✗ FAIL[/]", None: DASH}[ok])
+            table.add_row(*row, verdict[ok])
         console.print(table)
     for line in notes(m):
         console.print(line)
@@ -227,6 +230,8 @@ def write(folder: Path, m: Manifest | None = None) -> None:
 
 
 def write_one(path: Path, text: str) -> None:
+    if path.is_dir():
+        raise EdgeqError(f"cannot write {path}: it is a folder; pass a file path")
     if not path.parent.is_dir():
         raise EdgeqError(f"cannot write {path}: folder {path.parent} does not exist")
     write_atomic(path, text.encode())
@@ -244,5 +249,7 @@ def _pct(x: float | None) -> str:
     return DASH if x is None else f"{x:.2%}"
 
 
-def _db(x: float | None) -> str:
+def _db(x: float | None, nonfinite: int = 0) -> str:
+    if nonfinite:
+        return f"{nonfinite} NaN/inf outputs"
     return "identical" if x is None else f"{x:.1f}"

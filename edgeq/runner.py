@@ -150,9 +150,24 @@ def cpu_model(text: str | None = None) -> tuple[str, str]:
     return fields.get("model name", "unknown"), features
 
 
+def exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """End this process when edgeq is gone (killed, or a native abort): an orphaned runner under
+    QEMU would otherwise go on for minutes. A sleeping thread: no instructions between checks."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def main(job_path: str) -> None:
     with open(job_path) as f:
         job = json.load(f)
+    if job.get("parent_pid"):
+        exit_with_parent(job["parent_pid"])
     started = time.perf_counter()
     import_runtime(job["format"])
     imported = time.perf_counter()

@@ -7,12 +7,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeq import schema
 from edgeq.errors import EdgeqError
-from edgeq.quantize import BACKENDS
+from edgeq.manifest import FORMATS
+from edgeq.paths import plain_name
 
 # The repo's targets/ folder; the wheel carries the same files as package data (see pyproject).
 _CANDIDATE_DIRS = (Path(__file__).resolve().parent.parent / "targets", Path(__file__).resolve().parent / "target_files")
-FORMATS = ("pte", "onnx", "ptl")
+BACKENDS = ("qnnpack", "x86")  # quantization configs (edgeq.quantize); here so targets load without torch
+ARCHES = ("aarch64", "x86_64")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,26 @@ class Target:
         d = asdict(self)
         d["runtimes"] = list(self.runtimes)
         return d
+
+    @staticmethod
+    def from_dict(data: Any, where: str, strict: bool = True) -> "Target":
+        """A target from a TOML file's table or a manifest's copy, every value checked."""
+        try:
+            if isinstance(data, dict):
+                data = {"runtimes": list(FORMATS), "description": data.get("name", ""), **data}
+            target = schema.build(Target, data, strict=strict)
+        except schema.SchemaError as e:
+            raise EdgeqError(f"{where}: {e}") from None
+        plain_name(target.name, f"{where}: target name",
+                   "a target name becomes a folder name: use letters, digits, '.', '_', '+' and '-' only")
+        if target.backend not in BACKENDS:
+            raise EdgeqError(f"{where}: backend must be one of {', '.join(BACKENDS)}, not {target.backend!r}")
+        if target.arch not in ARCHES:
+            raise EdgeqError(f"{where}: arch must be {' or '.join(ARCHES)}, not {target.arch!r}")
+        unknown = set(target.runtimes) - set(FORMATS)
+        if unknown:
+            raise EdgeqError(f"{where}: unknown runtimes {sorted(unknown)}; use {', '.join(FORMATS)}")
+        return target
 
 
 def targets_dir() -> Path:
@@ -65,19 +88,10 @@ def load_target(name_or_path: str | Path) -> Target:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise EdgeqError(f"target file {path} is not valid TOML: {e}") from None
-    try:
-        target = Target(name=data["name"], description=data.get("description", data["name"]), arch=data["arch"],
-                        backend=data["backend"], runtimes=tuple(data.get("runtimes", FORMATS)),
-                        qemu_cpu=data.get("qemu_cpu"), thresholds=Thresholds(**data.get("thresholds", {})))
-    except KeyError as e:
-        raise EdgeqError(f"target file {path} lacks the key {e.args[0]!r} (needs name, arch, backend)") from None
-    except TypeError as e:
-        raise EdgeqError(f"target file {path} has an unknown threshold: {e}") from None
-    if target.backend not in BACKENDS:
-        raise EdgeqError(f"target file {path}: backend must be one of {', '.join(BACKENDS)}, not {target.backend!r}")
-    if target.arch not in ("aarch64", "x86_64"):
-        raise EdgeqError(f"target file {path}: arch must be aarch64 or x86_64, not {target.arch!r}")
-    unknown = set(target.runtimes) - set(FORMATS)
-    if unknown:
-        raise EdgeqError(f"target file {path}: unknown runtimes {sorted(unknown)}; use {', '.join(FORMATS)}")
-    return target
+    return Target.from_dict(data, f"target file {path}")
+
+
+def target_of(manifest_target: dict[str, Any], where: str) -> Target:
+    """The target an export was made for, from the copy its manifest holds: a target given as the
+    user's own .toml file stays known after that file moves or changes."""
+    return Target.from_dict(manifest_target, where, strict=False)

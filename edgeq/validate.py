@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,11 +20,14 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from edgeq import report, runner
+from edgeq import procs, report, runner
 from edgeq.errors import EdgeqError
 from edgeq.manifest import MANIFEST, Artifact, HostCheck, Manifest, verify_file
+from edgeq.paths import remove_stale, scratch_prefix
 from edgeq.provision import Emulator, emulator
-from edgeq.targets import Target, Thresholds, load_target
+from edgeq.targets import Target, Thresholds, load_target, target_of
+
+SCRATCH = "edgeq-validate-"  # in the temp folder: inputs, jobs and outputs of one validation
 
 # fp32 artifacts must reproduce the float model almost exactly; int8 ones are held to the target.
 FP32_MIN_SQNR_DB = 40.0
@@ -56,12 +60,15 @@ def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | Non
             thresholds: Thresholds, method: str = "static") -> HostCheck:
     """Agreement, SQNR, max abs error and accuracy of `outputs` against the float model's `reference`,
     and whether they pass: the gates applied are listed in `HostCheck.gates`."""
+    nonfinite = int(np.size(outputs) - np.count_nonzero(np.isfinite(outputs)))
     check = HostCheck(samples=int(len(reference)), top1_agreement=top1_agreement(reference, outputs),
-                      sqnr_db=sqnr_db(reference, outputs),
-                      max_abs_err=float(np.max(np.abs(reference - outputs))) if len(reference) else 0.0,
-                      accuracy=accuracy(outputs, labels))
+                      sqnr_db=None if nonfinite else sqnr_db(reference, outputs),
+                      max_abs_err=None if nonfinite else float(np.max(np.abs(reference - outputs))) if len(reference)
+                      else 0.0, accuracy=accuracy(outputs, labels), nonfinite_outputs=nonfinite)
     sqnr = float("inf") if check.sqnr_db is None else check.sqnr_db
-    if precision == "fp32":
+    if nonfinite:  # NaN or inf: no SQNR to judge, and the artifact fails whatever its top-1 says
+        gates = {"outputs are finite": False}
+    elif precision == "fp32":
         gates = {f"sqnr_db >= {FP32_MIN_SQNR_DB:g}": sqnr >= FP32_MIN_SQNR_DB}
     else:
         gates = {f"top1_agreement >= {thresholds.min_top1_agreement:g}":
@@ -92,7 +99,7 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
     started = time.perf_counter()
     folder = Path(folder)
     manifest = Manifest.load(folder)
-    spec = load_target(target or manifest.target["name"])
+    spec = load_target(target) if target else target_of(manifest.target, f"{folder / MANIFEST}: target")
     limits = replace(spec.thresholds, **(thresholds or {}))
     if runs < 1 or threads < 1 or warmup < 0 or (samples is not None and samples < 1):
         raise EdgeqError("--runs, --threads and --samples must be at least 1 (--warmup at least 0)")
@@ -118,7 +125,8 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
     artifacts = [a for a in manifest.artifacts if a.format in spec.runtimes]
     task = progress.add_task(f"validating on {spec.name}", total=len(artifacts)) if progress else None
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="edgeq-validate-") as tmp:
+    remove_stale(Path(tempfile.gettempdir()), SCRATCH)
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(SCRATCH)) as tmp:
         work = Path(tmp)
         np.save(work / "inputs.npy", inputs)
         for a in artifacts:
@@ -156,7 +164,7 @@ def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulato
                               "threads": threads,
                               "validated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if isinstance(proc, str) or proc.returncode != 0 or not Path(job["result"]).is_file():
-        detail = proc if isinstance(proc, str) else _last_lines(proc.stderr) or f"exit code {proc.returncode}"
+        detail = proc if isinstance(proc, str) else how_it_ended(proc)
         return {**result, "passed": False, "error": f"runner failed on {spec.name}: {detail}"}
     seen = json.loads(Path(job["result"]).read_text())
     latencies = np.array(seen["latencies_ms"])
@@ -215,7 +223,8 @@ def _job(a: Artifact, folder: Path, work: Path, stem: str, engine: str, threads:
     """What edgeq/runner.py reads: the artifact, its runtime's settings, where to write."""
     return {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": threads,
             "inputs": str(work / "inputs.npy"), "outputs": str(work / f"{stem}.out.npy") if outputs else None,
-            "warmup": warmup, "runs": runs, "result": str(work / f"{stem}.result.json")}
+            "warmup": warmup, "runs": runs, "result": str(work / f"{stem}.result.json"),
+            "parent_pid": os.getpid()}  # the runner exits when edgeq is gone
 
 
 def _run_runner(job: dict[str, Any], job_file: Path, spec: Target, emu: Emulator | None, threads: int,
@@ -227,7 +236,7 @@ def _run_runner(job: dict[str, Any], job_file: Path, spec: Target, emu: Emulator
     else:
         argv, env = emu.command(spec.qemu_cpu or "max", script, threads, plugin_log is not None, plugin_log)
     try:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        return procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout:g} s (raise --timeout)"
 
@@ -236,6 +245,21 @@ def _trimmed_mean(values: np.ndarray, cut: float = 0.1) -> float:
     k = int(len(values) * cut)
     kept = np.sort(values)[k:len(values) - k] if len(values) > 2 * k else values
     return float(np.mean(kept))
+
+
+def how_it_ended(proc: subprocess.CompletedProcess) -> str:
+    """The signal or exit code, then the last lines of stderr (not whatever line came last)."""
+    code = proc.returncode
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"killed by {name}"
+    else:
+        how = f"exit code {code}"
+    last = _last_lines(proc.stderr or "", 3)
+    return f"{how}; stderr: {last}" if last else f"{how}, nothing on stderr"
 
 
 def _last_lines(text: str, n: int = 2) -> str:

@@ -27,7 +27,7 @@ def test_user_toml(tmp_path):
     ('name = "x"\narch = "riscv64"\nbackend = "qnnpack"\n', "arch must be"),
     ('name = "x"\narch = "aarch64"\nbackend = "tflite"\n', "backend must be"),
     ('name = "x\n', "not valid TOML"),
-    ('name = "x"\narch = "aarch64"\nbackend = "x86"\n[thresholds]\nmax_speed = 1\n', "unknown threshold"),
+    ('name = "x"\narch = "aarch64"\nbackend = "x86"\n[thresholds]\nmax_speed = 1\n', "unknown key 'max_speed'"),
 ])
 def test_bad_toml(tmp_path, text, message):
     path = tmp_path / "bad.toml"
