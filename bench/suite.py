@@ -26,7 +26,7 @@ import numpy as np
 from bench import measure, weights
 from edgeq.data import FASHION_MNIST, Preprocess, open_images
 from edgeq.manifest import Manifest
-from edgeq.provision import setup as setup_target
+from edgeq.qemu.provision import setup as setup_target
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATED_CPUS = {"cortex-a53": "Cortex-A53", "cortex-a72": "Cortex-A72", "cortex-a76": "Cortex-A76",
@@ -106,11 +106,11 @@ def export_all(m: dict, work: Path, quick: bool, log: Log) -> dict:
         r["exports"]["edgeq QAT int8 (arm64)"] = edgeq_export(m, d / "qat", logs / f"{name}.qat.log", "--target",
                                                                 "arm64", *qat)
     manifest = Manifest.load(d / "x86_64")
-    r["parameters"] = manifest.model["parameters"]
-    r["input_shape"] = manifest.model["input_shape"]
+    r["parameters"] = manifest.model.parameters
+    r["input_shape"] = manifest.model.input_shape
     r["artifacts"] = {f"edgeq {a.key}": {"path": str(d / "x86_64" / a.path), "format": a.format,
                                          "precision": a.precision, "bytes": a.bytes,
-                                         "engine": manifest.quantization["backend"]} for a in manifest.artifacts}
+                                         "engine": manifest.quantization.backend} for a in manifest.artifacts}
     log(f"{name}: peers")
     plain = d / "plain_executorch.pte"
     r["exports"]["plain ExecuTorch script"] = measure.command(
@@ -150,7 +150,7 @@ def quality(m: dict, r: dict, work: Path) -> None:
             for a in manifest.artifacts:
                 r["artifacts"].setdefault(f"edgeq {'QAT ' if key == 'qat' else ''}{a.key} (arm64)", {
                     "path": str(work / "builtin" / key / a.path), "format": a.format, "precision": a.precision,
-                    "bytes": a.bytes, "engine": manifest.quantization["backend"]})
+                    "bytes": a.bytes, "engine": manifest.quantization.backend})
     else:
         with np.load(work / m["name"] / "x86_64" / "reference.npz") as ref:
             inputs, reference = ref["inputs"], ref["outputs"]
@@ -182,10 +182,9 @@ def emulated(work: Path, quick: bool, log: Log) -> dict:
         rows = {}
         for a in Manifest.load(folder).artifacts:
             t = a.targets.get(cpu)
-            if t and "latency_ms" in t:
-                rows[a.key] = {"instructions": t.get("instructions_per_inference"),
-                               "emulated_ms": t["latency_ms"]["median"], "measured": t["latency_ms"]["measured"],
-                               "cpu_seen": t["cpu"]}
+            if t and t.latency_ms:
+                rows[a.key] = {"instructions": t.instructions_per_inference, "emulated_ms": t.latency_ms.median,
+                               "measured": t.latency_ms.measured, "cpu_seen": t.cpu}
         return cpu, rows
 
     (work / "emulated").mkdir()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import sys
 import traceback
@@ -11,12 +10,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
 from edgeq import procs
-from edgeq import qat as qat_options
+from edgeq.config import OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides, ValidateConfig
 from edgeq.errors import EdgeqError
-from edgeq.manifest import FORMATS, Manifest, dumps
+from edgeq.config import FORMATS
+from edgeq.manifest import Manifest, dumps
 from edgeq.progress import plain_console, progress_bars
 from edgeq.report import print_terminal
 from edgeq.targets import Target, list_targets, load_target, target_of
@@ -86,7 +87,7 @@ def _os_error_line(e: OSError) -> str:
     where = f": {e.filename}" if e.filename else ""
     fix = _ENVIRONMENT_ERRNOS[e.errno]
     if e.filename and Path(str(e.filename)).resolve().is_relative_to(cache_root().resolve()):
-        fix += f" (this is edgeq's cache: set EDGEQ_CACHE to a folder you can write)"
+        fix += " (this is edgeq's cache: set EDGEQ_CACHE to a folder you can write)"
     return f"{(e.strerror or type(e).__name__).lower()}{where}: {fix}"
 
 
@@ -122,8 +123,8 @@ def main() -> None:
 @click.option("--epochs", type=int, default=2, show_default=True, help="QAT epochs")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="QAT peak learning rate")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="QAT batch size per process")
-@click.option("--optimizer", type=click.Choice(qat_options.OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--schedule", type=click.Choice(qat_options.SCHEDULES), default="cosine", show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--freeze-bn-after", type=float, default=None, help="QAT: epochs before batch-norm statistics "
               "freeze [default: 60% of --epochs]")
@@ -153,35 +154,18 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
 @click.option("--json", "as_json", is_flag=True, help="print manifest.json to stdout")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def export_cmd(target: str, model: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
-               method: str, backend: str | None, calib_data: str | None, calib_samples: int, train_data: str | None,
-               epochs: int, lr: float, batch_size: int, optimizer: str, schedule: str, weight_decay: float,
-               freeze_bn_after: float | None, freeze_observers_after: float | None, train_samples: int | None,
-               val_samples: int | None, device: str, seed: int, resume: bool, checkpoint_dir: Path | None,
-               checkpoint_every: int, eval_data: str | None, check_samples: int | None, formats: tuple[str, ...],
-               precisions: tuple[str, ...], per_tensor: bool, mean: tuple[float, ...] | None,
-               std: tuple[float, ...] | None, resize: int | None, validate_on_target: bool, runs: int, out: Path,
-               as_json: bool, quiet: bool) -> None:
+@click.option("--config", "recipe", type=click.Path(path_type=Path), default=None,
+              help="a recipe (TOML, see edgeq.config.ExportConfig); the flags given override it")
+@click.pass_context
+def export_cmd(ctx: click.Context, recipe: Path | None, out: Path, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Quantize, export every format, check each artifact against the float model on the host.
 
     QAT on more than one process: torchrun --nproc-per-node N -m edgeq export --method qat …
     """
     from edgeq.pipeline import export
 
-    def run() -> Manifest | None:
-        training = qat_options.TrainConfig(
-            epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, schedule=schedule,
-            weight_decay=weight_decay, freeze_bn_after=freeze_bn_after, freeze_observers_after=freeze_observers_after,
-            train_samples=train_samples, val_samples=val_samples, device=device, seed=seed,
-            checkpoint_every=checkpoint_every)
-        return export(out, model=model, weights=weights, input_shape=input_shape, target=target, method=method,
-                      backend=backend, calib_data=calib_data, calib_samples=calib_samples, train_data=train_data,
-                      training=training, resume=resume, checkpoint_dir=checkpoint_dir, eval_data=eval_data,
-                      check_samples=check_samples, formats=formats, precisions=precisions,
-                      per_channel=not per_tensor, mean=mean, std=std, resize=resize,
-                      validate_on_target=validate_on_target, runs=runs, progress=not quiet and not as_json)
-
-    manifest = run()
+    config = export_config(ctx, recipe)
+    manifest = export(out, config, progress=not quiet and not as_json)
     if manifest is None:  # another rank of a torchrun job: rank 0 reports
         return
     if as_json:
@@ -189,7 +173,36 @@ def export_cmd(target: str, model: str | None, weights: Path | None, input_shape
     else:
         print_terminal(manifest)
         click.echo(f"manifest and reports: {out / 'manifest.json'}, {out / 'report.md'}, {out / 'report.html'}")
-    _exit_if_failed(manifest, load_target(target) if validate_on_target else None)
+    _exit_if_failed(manifest, load_target(config.target) if config.validate else None)
+
+
+# Each `edgeq export` flag and the recipe field it sets (ExportConfig, dotted). --per-tensor sets
+# quantization.per_channel to its opposite.
+EXPORT_FLAGS = {
+    "model": "model", "weights": "weights", "input_shape": "input_shape", "target": "target", "method": "method",
+    "backend": "quantization.backend", "calib_samples": "quantization.calib_samples",
+    "per_tensor": "quantization.per_channel", "calib_data": "data.calib", "train_data": "data.train",
+    "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats", "precisions": "precisions",
+    "mean": "preprocess.mean", "std": "preprocess.std", "resize": "preprocess.resize",
+    "checkpoint_dir": "checkpoint_dir", "resume": "resume", "validate_on_target": "validate",
+    "runs": "validation.runs",
+    **{name: f"training.{name}" for name in ("epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay",
+                                              "freeze_bn_after", "freeze_observers_after", "train_samples",
+                                              "val_samples", "device", "seed", "checkpoint_every")},
+}
+
+
+def export_config(ctx: click.Context, recipe: Path | None) -> ExportConfig:
+    """The recipe file (if any) with the flags given on the command line on top; without a recipe,
+    every flag (its default included) sets its field."""
+    config = ExportConfig.load(recipe) if recipe else ExportConfig()
+    values = {}
+    for name, path in EXPORT_FLAGS.items():
+        if recipe and ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            continue
+        value = ctx.params[name]
+        values[path] = (not value if name == "per_tensor" else str(value) if isinstance(value, Path) else value)
+    return config.with_values(values)
 
 
 @main.group("targets")
@@ -199,14 +212,12 @@ def targets_group() -> None:
 
 @targets_group.command("list")
 def targets_list() -> None:
-    from edgeq.provision import Emulator, cache_root
+    from edgeq.placement import readiness
 
-    emu = Emulator(cache_root() / "aarch64")
-    ready = not emu.missing()
     table = Table("target", "arch", "qemu -cpu", "backend", "runtimes", "set up", "description")
     for t in list_targets():
-        state = "host" if t.qemu_cpu is None else ("yes" if ready else "no: edgeq targets setup " + t.name)
-        table.add_row(t.name, t.arch, t.qemu_cpu or "(host)", t.backend, ", ".join(t.runtimes), state, t.description)
+        table.add_row(t.name, t.arch, t.qemu_cpu or "(host)", t.backend, ", ".join(t.runtimes), readiness(t),
+                      t.description)
     plain_console().print(table)
 
 
@@ -215,7 +226,7 @@ def targets_list() -> None:
 @click.option("--with-plugins", is_flag=True, help="also build QEMU's instruction-count plugin (a few minutes)")
 def targets_setup(name: str, with_plugins: bool) -> None:
     """Provision an emulated target in the cache (EDGEQ_CACHE, default ~/.cache/edgeq). Idempotent."""
-    from edgeq.provision import setup
+    from edgeq.qemu.provision import setup
 
     target = load_target(name)
     if target.qemu_cpu is None:
@@ -248,18 +259,20 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
     model. Exit code 1 when an artifact fails its thresholds or cannot run."""
     from edgeq.validate import validate
 
-    overrides = {k: v for k, v in (("min_top1_agreement", min_agreement), ("min_sqnr_db", min_sqnr),
-                                   ("max_accuracy_drop", max_accuracy_drop)) if v is not None}
+    from edgeq import schema
+
+    options = ValidateConfig(runs=runs, warmup=warmup, threads=threads, samples=samples,
+                             count_instructions=count_instructions, timeout=timeout,
+                             thresholds=ThresholdOverrides(min_agreement, min_sqnr, max_accuracy_drop))
     with progress_bars(not quiet and not as_json) as bar:
-        results = validate(folder, target, runs=runs, warmup=warmup, threads=threads, samples=samples,
-                           count_instructions=count_instructions, timeout=timeout, thresholds=overrides, progress=bar)
+        results = validate(folder, target, options, progress=bar)
     manifest = Manifest.load(folder)
     if as_json:
-        click.echo(dumps(results))
+        click.echo(dumps(schema.dump(results)))
     else:
         print_terminal(manifest)
     _exit_if_failed(manifest, load_target(target) if target else
-                    target_of(manifest.target, f"{folder / 'manifest.json'}: target"))
+                    target_of(schema.dump(manifest.target), f"{folder / 'manifest.json'}: target"))
 
 
 @main.command("report")
@@ -288,10 +301,10 @@ def report_cmd(folder: Path, md_path: Path | None, html_path: Path | None) -> No
 def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) -> None:
     """Put an export's .pte, labels, preprocessing, sample images and golden data into the Android
     demo's assets (APP/app/src/main/assets); then open APP in Android Studio and run it."""
-    from edgeq import android, apk
+    from edgeq.android import apk, assets
 
     console = plain_console(stderr=True)
-    result = android.install(dist, app, precision)
+    result = assets.install(dist, app, precision)
     click.echo(f"{result.folder}: {len(result.files)} files (model.pte {result.precision}, {result.samples} samples "
                f"with golden outputs from ExecuTorch {result.executorch_export} on the host)")
     for warning in result.warnings:

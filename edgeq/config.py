@@ -207,12 +207,39 @@ class ExportConfig:
         """The recipe as TOML (fields left at None are left out: TOML has no null)."""
         return _toml(self)
 
+    @staticmethod
+    def from_keywords(base: "ExportConfig", keywords: dict[str, Any]) -> "ExportConfig":
+        """The older keyword API (`edgeq.export(out, model=…, calib_data=…, per_channel=False)`) on `base`."""
+        unknown = sorted(set(keywords) - set(KEYWORDS))
+        if unknown:
+            raise TypeError(f"export() got an unexpected keyword argument {unknown[0]!r}")
+        return base.with_values({KEYWORDS[k]: _plain(v) for k, v in keywords.items()})
+
     def with_values(self, values: dict[str, Any]) -> "ExportConfig":
         """A copy with dotted fields replaced, e.g. {"quantization.per_channel": False}."""
         config: Any = self
         for dotted, value in values.items():
             config = _replace_path(config, dotted.split("."), value)
         return config
+
+
+# The older keyword API of edgeq.export: each keyword and the field it sets.
+KEYWORDS = {"model": "model", "weights": "weights", "input_shape": "input_shape", "target": "target",
+            "method": "method", "backend": "quantization.backend", "per_channel": "quantization.per_channel",
+            "calib_samples": "quantization.calib_samples", "calib_data": "data.calib", "train_data": "data.train",
+            "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats",
+            "precisions": "precisions", "mean": "preprocess.mean", "std": "preprocess.std",
+            "resize": "preprocess.resize", "training": "training", "checkpoint_dir": "checkpoint_dir",
+            "resume": "resume", "validate_on_target": "validate", "runs": "validation.runs"}
+
+
+def _plain(value: Any) -> Any:
+    """Paths as text and sequences as tuples, as the dataclasses hold them."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
 
 
 def _replace_path(obj: Any, path: list[str], value: Any) -> Any:

@@ -100,7 +100,7 @@ def farm(targets: Sequence[str], out: str | Path, *, source: str | Path | None =
                     results[spec.name] = FarmResult(spec.name, spec.name, first.name, False, code, [f"export: {error}"])
                     step(f"export for {first.name} failed", done=2)
                 continue
-        exported_for = str(Manifest.load(origin).target.get("name", "?"))
+        exported_for = Manifest.load(origin).target.name
         for spec in group:
             if out / spec.name != origin:
                 check_replaceable(out / spec.name, option=f"farm folder for {spec.name}:")
@@ -148,12 +148,12 @@ def _result(spec: Target, out: Path, code: int, error: str, seconds: float) -> F
     except EdgeqError:
         return FarmResult(target, target, "?", False, code, [error], round(seconds, 1))
     failed = failures(manifest, spec)
-    pte = next((a.targets.get(target, {}) for a in manifest.artifacts if a.key == "int8 .pte"), {})
-    latency = pte.get("latency_ms") or {}
+    pte = next((a.targets.get(target) for a in manifest.artifacts if a.key == "int8 .pte"), None)
+    latency = pte.latency_ms if pte else None
     if code != 0 and not failed:
         failed = [error]
-    return FarmResult(target, target, str(manifest.target.get("name", "?")), code == 0 and not failed, code, failed,
-                      round(seconds, 1), latency.get("median"), latency.get("measured"))
+    return FarmResult(target, target, manifest.target.name, code == 0 and not failed, code, failed,
+                      round(seconds, 1), latency.median if latency else None, latency.measured if latency else None)
 
 
 def _write(out: Path, results: list[FarmResult]) -> None:

@@ -9,19 +9,23 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edgeq import schema
+from edgeq.config import FORMATS, PRECISIONS, ExportConfig, QuantRecipe, TrainConfig
+from edgeq.data import Preprocess
 from edgeq.errors import EdgeqError
 from edgeq.paths import inside, plain_name, remove_stale, scratch_prefix
+from edgeq.targets import Target
 
 MANIFEST = "manifest.json"
 REPORTS = ("report.md", "report.html")
 SCHEMA = 1
-FORMATS = ("pte", "onnx", "ptl")
-PRECISIONS = ("int8", "fp32")
+
+
+OMIT = {"omit": True}  # field metadata: left out of manifest.json while at its default (older files lack it)
 
 
 @dataclass
@@ -35,7 +39,106 @@ class HostCheck:
     accuracy: float | None = None
     passed: bool | None = None  # all of `gates` hold
     gates: list[str] = field(default_factory=list)  # the conditions checked, e.g. "top1_agreement >= 0.97"
-    nonfinite_outputs: int = 0  # NaN or ±inf values among the outputs (the artifact then fails)
+    nonfinite_outputs: int = field(default=0, metadata=OMIT)  # NaN or ±inf outputs (the artifact then fails)
+
+
+@dataclass
+class Latency:
+    median: float
+    p90: float
+    trimmed_mean: float
+    runs: int
+    warmup: int
+    measured: str  # where: "host (x86_64)", "emulated: qemu-aarch64 -cpu cortex-a53, not device time", …
+
+
+@dataclass
+class TargetRun:
+    """One artifact run on one target by `edgeq validate`: what ran where, how it compared, how long it took."""
+
+    target: str
+    where: str  # host | emulated | device (see edgeq.placement)
+    qemu_cpu: str | None
+    threads: int
+    validated: str  # UTC time
+    passed: bool = False
+    error: str | None = field(default=None, metadata=OMIT)  # the runner failed: signal or exit code, last stderr
+    machine: str | None = field(default=None, metadata=OMIT)
+    cpu: str | None = field(default=None, metadata=OMIT)
+    cpu_features: str | None = field(default=None, metadata=OMIT)
+    python: str | None = field(default=None, metadata=OMIT)
+    import_s: float | None = field(default=None, metadata=OMIT)
+    load_s: float | None = field(default=None, metadata=OMIT)
+    peak_rss_mb: float | None = field(default=None, metadata=OMIT)  # under QEMU: the emulator's, buffers included
+    latency_ms: Latency | None = field(default=None, metadata=OMIT)
+    wall_s: float | None = field(default=None, metadata=OMIT)
+    check: HostCheck | None = field(default=None, metadata=OMIT)
+    instructions_per_inference: int | None = field(default=None, metadata=OMIT)
+    instructions_counted_over: int | None = field(default=None, metadata=OMIT)
+
+
+@dataclass
+class Model:
+    source: str
+    weights: str | None
+    weights_sha256: str | None
+    input_shape: list[int]
+    parameters: int
+    num_classes: int
+    classes: list[str] | None = None
+
+
+@dataclass
+class Reference:
+    """reference.npz: held-out inputs, the float model's outputs, and labels if known."""
+
+    path: str
+    samples: int
+    labels: bool
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ImagesUsed:
+    source: str
+    images: int
+    classes: int | None = None
+
+
+@dataclass
+class CheckImages(ImagesUsed):
+    held_out: str = ""  # which images: eval data, or calibration/training images held out
+
+
+@dataclass
+class DataRecord:
+    check: CheckImages
+    eval: ImagesUsed | None = None
+    calibration: ImagesUsed | None = field(default=None, metadata=OMIT)  # static
+    training: ImagesUsed | None = field(default=None, metadata=OMIT)  # QAT
+    validation: int | None = field(default=None, metadata=OMIT)  # QAT: held-out training images
+
+
+@dataclass
+class QatFlow:
+    """What a QAT run did for one flow."""
+
+    flow: str
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # epoch, loss, val_accuracy, lr_end, seconds
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    resumed_at_step: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Training:
+    config: TrainConfig
+    processes: int
+    checkpoints: str
+    device: str
+    flows: list[QatFlow] = field(default_factory=list)
 
 
 @dataclass
@@ -47,7 +150,7 @@ class Artifact:
     sha256: str
     details: dict[str, Any] = field(default_factory=dict)  # per-format facts: delegation, Q/DQ counts, passes
     host_check: HostCheck | None = None
-    targets: dict[str, Any] = field(default_factory=dict)  # per-target validation results
+    targets: dict[str, TargetRun] = field(default_factory=dict)  # per target name: its validation
 
     @property
     def key(self) -> str:
@@ -56,31 +159,34 @@ class Artifact:
 
 @dataclass
 class Manifest:
+    """What an export made and how each artifact did: typed to its leaves, saved as manifest.json."""
+
     edgeq_version: str
     created: str
     versions: dict[str, str]
-    model: dict[str, Any]
-    target: dict[str, Any]
+    model: Model
+    target: Target  # a copy of the target file: a user's own .toml stays known after it moves
     method: str
-    quantization: dict[str, Any]
-    preprocess: dict[str, Any]
-    data: dict[str, Any]
+    quantization: QuantRecipe  # with the backend resolved
+    preprocess: Preprocess
+    data: DataRecord
     float_accuracy: float | None = None
     artifacts: list[Artifact] = field(default_factory=list)
-    reference: dict[str, Any] | None = None  # reference.npz: held-out inputs, float outputs, labels
-    training: dict[str, Any] | None = None  # QAT: config, processes, per-flow epochs and best epoch
+    reference: Reference | None = None
+    training: Training | None = None  # QAT only
     timings_s: dict[str, float] = field(default_factory=dict)  # host wall time per pipeline stage
     schema: int = SCHEMA
+    recipe: ExportConfig | None = field(default=None, metadata=OMIT)  # the config the export ran with
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return schema.dump(self)
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
 
     def files(self) -> list[str]:
         """The names edgeq wrote in the export folder: all it may replace there."""
-        return [MANIFEST, *REPORTS, *([self.reference["path"]] if self.reference else []),
+        return [MANIFEST, *REPORTS, *([self.reference.path] if self.reference else []),
                 *(a.path for a in self.artifacts)]
 
     def write(self, folder: Path) -> Path:
@@ -97,7 +203,8 @@ class Manifest:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Manifest":
         """Checked field by field (a wrong type, an unknown format or a file name that is not a plain
-        name in the folder raises SchemaError); fields a newer edgeq added are ignored."""
+        name in the folder raises SchemaError). The one place that reads older manifests: fields they
+        lack take their defaults, fields a newer edgeq added are ignored."""
         m = schema.build(Manifest, d)
         for i, a in enumerate(m.artifacts):
             where = f"artifacts[{i}]"
@@ -106,9 +213,7 @@ class Manifest:
                                                 f"(formats {', '.join(FORMATS)}; precisions {', '.join(PRECISIONS)})")
             _file_name(a.path, f"{where}.path")
         if m.reference is not None:
-            _file_name(m.reference.get("path"), "reference.path")
-            if not isinstance(m.reference.get("sha256"), str):
-                raise schema.SchemaError("reference.sha256", "must be text")
+            _file_name(m.reference.path, "reference.path")
         keys = [a.key for a in m.artifacts]
         if len(set(keys)) != len(keys):
             raise schema.SchemaError("artifacts", "lists an artifact twice")
@@ -121,7 +226,7 @@ class Manifest:
             raise EdgeqError(f"no {MANIFEST} in {folder}: run edgeq export --out {folder} first")
         try:
             return Manifest.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, schema.SchemaError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, schema.SchemaError, EdgeqError) as e:
             raise EdgeqError(f"{path} is not an edgeq manifest ({e}): re-run edgeq export") from None
 
 

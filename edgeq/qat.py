@@ -16,69 +16,24 @@ import io
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgeq.config import QuantRecipe, TrainConfig
 from edgeq.data import ImageSet, Preprocess
 from edgeq.errors import EdgeqError
-from edgeq.manifest import write_atomic
+from edgeq.manifest import QatFlow, write_atomic
 from edgeq.models import LoadedModel
-from edgeq.quantize import QuantRecipe, convert, prepare, quiet
+from edgeq.progress import log_lines
+from edgeq.quantize import convert, prepare, quiet
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
 CHECKPOINT_FORMAT = "edgeq-qat-checkpoint/1"
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 64  # per process: under torchrun the global batch is this × processes
-    optimizer: str = "sgd"  # sgd (momentum 0.9, nesterov) | adamw
-    schedule: str = "cosine"  # cosine | step (×0.1 at 2/3) | constant
-    weight_decay: float = 0.0
-    freeze_bn_after: float | None = None  # epochs (fractions allowed); default 60% of training
-    freeze_observers_after: float | None = None  # epochs; default 80% of training
-    train_samples: int | None = None  # cap on training images (default: all not held out)
-    val_samples: int | None = None  # held-out images scored each epoch (default: 10%, at most 5000)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints
-
-    def __post_init__(self) -> None:
-        checks = [(self.epochs >= 1, "--epochs must be at least 1"),
-                  (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-                  (self.batch_size >= 1, "--batch-size must be at least 1"),
-                  (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"),
-                  (self.schedule in SCHEDULES, f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}"),
-                  (self.weight_decay >= 0, "--weight-decay must be ≥ 0"),
-                  (self.train_samples is None or self.train_samples >= 1, "--train-samples must be at least 1"),
-                  (self.val_samples is None or self.val_samples >= 1, "--val-samples must be at least 1"),
-                  (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")]
-        for at in (self.freeze_bn_after, self.freeze_observers_after):
-            checks.append((at is None or at >= 0, "--freeze-bn-after / --freeze-observers-after must be ≥ 0 epochs"))
-        for ok, message in checks:
-            if not ok:
-                raise EdgeqError(message)
-
-    @property
-    def bn_epoch(self) -> float:
-        return 0.6 * self.epochs if self.freeze_bn_after is None else self.freeze_bn_after
-
-    @property
-    def observer_epoch(self) -> float:
-        return 0.8 * self.epochs if self.freeze_observers_after is None else self.freeze_observers_after
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "freeze_bn_after": self.bn_epoch, "freeze_observers_after": self.observer_epoch}
 
 
 @dataclass(frozen=True)
@@ -119,16 +74,18 @@ class TrainSplit:
         return TrainSplit(images, train, val)
 
 
-@dataclass
-class Record:
-    """What a QAT run did, for the manifest."""
+@dataclass(frozen=True)
+class Run:
+    """What every flow's QAT shares: the model, the recipes, the data, and where this process stands."""
 
-    flow: str
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_val_accuracy: float | None = None
-    resumed_at_step: int | None = None
-    seconds: float = 0.0
+    loaded: LoadedModel
+    recipe: QuantRecipe
+    config: TrainConfig
+    data: TrainSplit
+    preprocess: Preprocess
+    resume: bool
+    world: World
+    bar: Any  # rich Progress
 
 
 @contextlib.contextmanager
@@ -163,10 +120,11 @@ def resolve_device(spec: str, world: World) -> torch.device:
     return torch.device("cpu")
 
 
-def train(flow: str, loaded: LoadedModel, recipe: QuantRecipe, config: TrainConfig, data: TrainSplit,
-          preprocess: Preprocess, checkpoint: Path, resume: bool, world: World, bar: Any, log: Log,
-          label: str) -> tuple[nn.Module, Record]:
+def train(flow: str, run: Run, checkpoint: Path) -> tuple[nn.Module, QatFlow]:
     """Prepare `flow` for QAT, fine-tune, keep the best epoch; return the converted int8 model (on CPU)."""
+    loaded, recipe, config, data, preprocess = run.loaded, run.recipe, run.config, run.data, run.preprocess
+    resume, world, bar, log = run.resume, run.world, run.bar, log_lines(run.bar)
+    label = f"FX {recipe.backend}" if flow == "fx" else f"PT2E {flow}"
     started = time.perf_counter()
     device = resolve_device(config.device, world)
     model = prepare(flow, loaded.module, loaded.input_shape, recipe, qat=True)
@@ -179,7 +137,7 @@ def train(flow: str, loaded: LoadedModel, recipe: QuantRecipe, config: TrainConf
     optimizer = _optimizer(config, model)
     steps_per_epoch = len(data.train) // (config.batch_size * world.size)
     total = steps_per_epoch * config.epochs
-    record = Record(flow)
+    record = QatFlow(flow)
     step, best = 0, None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -234,7 +192,7 @@ def train(flow: str, loaded: LoadedModel, recipe: QuantRecipe, config: TrainConf
                                                         f"loss {np.mean(losses[-50:]):.3f}")
                 if step % config.checkpoint_every == 0 and i + 1 < steps_per_epoch:
                     save(record.epochs)
-            accuracy = evaluate(flow, model, data, preprocess, config.batch_size, device, world)
+            accuracy = evaluate(flow, model, run, device)
             record.epochs.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                   "val_accuracy": accuracy, "lr_end": lr, "seconds": time.perf_counter() - epoch_started})
             is_best = best is None or accuracy > best["val_accuracy"]
@@ -246,9 +204,10 @@ def train(flow: str, loaded: LoadedModel, recipe: QuantRecipe, config: TrainConf
                 f"fake-quant accuracy on {len(data.val)} held-out training images {accuracy:.2%}"
                 f"{' (best)' if is_best else ''}, {record.epochs[-1]['seconds']:.0f} s")
             save(record.epochs)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted; no artifacts were written; the last QAT checkpoint is {checkpoint}: "
-                                "run the same command with --resume to continue") from None
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the same exception, with where to resume
+        e.args = (f"interrupted; no artifacts were written; the last QAT checkpoint is {checkpoint}: "
+                  "run the same command with --resume to continue",)
+        raise
 
     model.cpu().load_state_dict(best["model"])
     record.best_epoch, record.best_val_accuracy = best["epoch"], best["val_accuracy"]
@@ -258,10 +217,10 @@ def train(flow: str, loaded: LoadedModel, recipe: QuantRecipe, config: TrainConf
     return convert(flow, model, recipe), record
 
 
-def evaluate(flow: str, model: nn.Module, data: TrainSplit, preprocess: Preprocess, batch_size: int,
-             device: torch.device, world: World) -> float:
+def evaluate(flow: str, model: nn.Module, run: Run, device: torch.device) -> float:
     """Top-1 accuracy of the fake-quantized model on the held-out images (each process scores a shard).
     Observers are paused: scoring must not move the quantization ranges."""
+    data, preprocess, batch_size, world = run.data, run.preprocess, run.config.batch_size, run.world
     set_mode(flow, model, train=False)
     fake_quants = [m for m in model.modules() if _is_fake_quant(m)]
     observing = [bool(m.observer_enabled[0]) for m in fake_quants]

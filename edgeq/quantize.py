@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -25,26 +24,9 @@ from torch.fx import GraphModule
 from edgeq.errors import EdgeqError
 from edgeq.graph import export_failure
 from edgeq.runner import quantized_engine
-from edgeq.targets import BACKENDS
+from edgeq.config import QuantRecipe
 
 Calibration = Callable[[], Iterator[np.ndarray]]  # yields preprocessed batches, N×C×H×W float32
-
-
-@dataclass(frozen=True)
-class QuantRecipe:
-    backend: str = "qnnpack"
-    per_channel: bool = True
-    calib_samples: int = 256
-    calib_batch: int = 32
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise EdgeqError(f"unknown quantization backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.calib_samples < 1:
-            raise EdgeqError("--calib-samples must be at least 1")
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @contextlib.contextmanager

@@ -33,8 +33,8 @@ class Table:
 def tables(m: Manifest) -> list[Table]:
     """The host check, then one table per target the artifacts were validated on."""
     fp32 = {a.format: a.bytes for a in m.artifacts if a.precision == "fp32"}
-    host = Table(f"Host check: {m.model.get('source')} for {m.target.get('name')} ({m.method}), against the float model "
-                 f"on {m.data.get('check', {}).get('images', '?')} held-out images",
+    host = Table(f"Host check: {m.model.source} for {m.target.name} ({m.method}), against the float model "
+                 f"on {m.data.check.images} held-out images",
                  ["artifact", "size", "÷fp32", "agreement", "SQNR dB", "accuracy"], [], [])
     for a in m.artifacts:
         c = a.host_check
@@ -45,22 +45,22 @@ def tables(m: Manifest) -> list[Table]:
     out = [host]
     for target in _targets(m):
         runs = {a.key: a.targets[target] for a in m.artifacts if target in a.targets}
-        first = next((r for r in runs.values() if "error" not in r), {})
-        seen = f"{first.get('machine')}, {first.get('cpu')}" if first else "nothing ran"
-        where = first.get("latency_ms", {}).get("measured", "host")
-        n = (m.reference or {}).get("samples", "?")
+        first = next((r for r in runs.values() if r.error is None), None)
+        seen = f"{first.machine}, {first.cpu}" if first else "nothing ran"
+        where = first.latency_ms.measured if first and first.latency_ms else "host"
+        n = m.reference.samples if m.reference else "?"
         t = Table(f"On {target}: {seen}; {n} reference inputs against the float model; latency {where}",
                   ["artifact", "agreement", "SQNR dB", "accuracy", "median ms", "p90 ms", "instructions/inference",
                    "load s"], [], [])
         for key, r in runs.items():
-            if "error" in r:
-                t.rows.append([key, r["error"][:120], *[DASH] * 6])
+            if r.error is not None or r.check is None or r.latency_ms is None:
+                t.rows.append([key, (r.error or "no result")[:120], *[DASH] * 6])
             else:
-                c, lat, insns = r["check"], r["latency_ms"], r.get("instructions_per_inference")
-                t.rows.append([key, _pct(c["top1_agreement"]), _db(c["sqnr_db"], c.get("nonfinite_outputs", 0)), _pct(c["accuracy"]),
-                               f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{insns / 1e6:.2f} M" if insns else DASH,
-                               f"{r['load_s']:.2f}"])
-            t.ok.append(bool(r.get("passed")))
+                c, lat, insns = r.check, r.latency_ms, r.instructions_per_inference
+                t.rows.append([key, _pct(c.top1_agreement), _db(c.sqnr_db, c.nonfinite_outputs), _pct(c.accuracy),
+                               f"{lat.median:.2f}", f"{lat.p90:.2f}", f"{insns / 1e6:.2f} M" if insns else DASH,
+                               f"{r.load_s:.2f}" if r.load_s is not None else DASH])
+            t.ok.append(r.passed)
         out.append(t)
     return out
 
@@ -68,11 +68,12 @@ def tables(m: Manifest) -> list[Table]:
 def notes(m: Manifest) -> list[str]:
     lines = []
     if m.float_accuracy is not None:
-        lines.append(f"Float model accuracy: {m.float_accuracy:.2%} on {(m.data.get('eval') or {}).get('source', '?')}.")
-    for flow in (m.training or {}).get("flows", []):
-        lines.append(f"QAT {flow['flow']}: {len(flow['epochs'])} epochs in {flow['seconds']:.0f} s on "
-                     f"{m.training['device']} × {m.training['processes']} process(es); best epoch {flow['best_epoch']} "
-                     f"({flow['best_val_accuracy']:.2%} on {m.data.get('validation')} held-out training images).")
+        lines.append(f"Float model accuracy: {m.float_accuracy:.2%} on {m.data.eval.source if m.data.eval else '?'}.")
+    for flow in m.training.flows if m.training else []:
+        best = f"{flow.best_val_accuracy:.2%}" if flow.best_val_accuracy is not None else DASH
+        lines.append(f"QAT {flow.flow}: {len(flow.epochs)} epochs in {flow.seconds:.0f} s on "
+                     f"{m.training.device} × {m.training.processes} process(es); best epoch {flow.best_epoch} "
+                     f"({best} on {m.data.validation} held-out training images).")
     if "total" in m.timings_s:
         validations = [f"validation on {k[len('validate_'):]} {v:.0f} s" for k, v in m.timings_s.items()
                        if k.startswith("validate_")]
@@ -100,7 +101,7 @@ def print_terminal(m: Manifest, console: Any = None) -> None:
 
 
 def markdown(m: Manifest) -> str:
-    parts = [f"## edgeq: {m.model.get('source')} → {m.target.get('name')} ({m.method})", ""]
+    parts = [f"## edgeq: {m.model.source} → {m.target.name} ({m.method})", ""]
     for t in tables(m):
         parts += [f"**{t.title}**", "", "| " + " | ".join([*t.columns, "ok"]) + " |",
                   "|" + "|".join(["---"] + ["---:"] * len(t.columns)) + "|"]
@@ -116,7 +117,7 @@ def markdown(m: Manifest) -> str:
 
 def html(m: Manifest) -> str:
     esc = html_lib.escape
-    body = [f"<h1>edgeq: {esc(str(m.model.get('source')))} → {esc(str(m.target.get('name')))} ({esc(m.method)})</h1>"]
+    body = [f"<h1>edgeq: {esc(m.model.source)} → {esc(m.target.name)} ({esc(m.method)})</h1>"]
     for t in tables(m):
         head = "".join(f"<th>{esc(c)}</th>" for c in (*t.columns, "ok"))
         rows = "".join(
@@ -142,13 +143,12 @@ def html(m: Manifest) -> str:
 
 def environment(m: Manifest) -> dict[str, str]:
     env = {"edgeq": m.edgeq_version, "created": m.created, **{k: v for k, v in m.versions.items()},
-           "target": f"{m.target.get('name')}: {m.target.get('description')}",
-           "quantization": ", ".join(f"{k}={v}" for k, v in m.quantization.items())}
+           "target": f"{m.target.name}: {m.target.description}",
+           "quantization": ", ".join(f"{k}={v}" for k, v in m.quantization.to_dict().items())}
     for target in _targets(m):
-        r = next((a.targets[target] for a in m.artifacts if "error" not in a.targets.get(target, {"error": 1})), None)
+        r = next((a.targets[target] for a in m.artifacts if target in a.targets and a.targets[target].latency_ms), None)
         if r:
-            env[f"ran on ({target})"] = (f"{r['machine']}, {r['cpu']}, {r['threads']} thread(s); "
-                                         f"{r['latency_ms']['measured']}")
+            env[f"ran on ({target})"] = f"{r.machine}, {r.cpu}, {r.threads} thread(s); {r.latency_ms.measured}"
     return env
 
 
@@ -172,20 +172,20 @@ def plots(m: Manifest) -> list[tuple[str, str]]:
     ax.legend()
     figures.append(("Artifact size per format, fp32 vs int8", fig))
 
-    latency = [(t, a.key, a.targets[t]["latency_ms"]) for t in _targets(m) for a in m.artifacts
-               if "latency_ms" in a.targets.get(t, {})]
+    latency = [(t, a.key, a.targets[t].latency_ms) for t in _targets(m) for a in m.artifacts
+               if t in a.targets and a.targets[t].latency_ms]
     if latency:
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(latency) + 1.2))
         labels = [f"{t}: {key}" for t, key, _ in latency]
-        ax.barh(labels, [lat["median"] for _, _, lat in latency],
-                xerr=[[0] * len(latency), [lat["p90"] - lat["median"] for _, _, lat in latency]])
+        ax.barh(labels, [lat.median for _, _, lat in latency],
+                xerr=[[0] * len(latency), [lat.p90 - lat.median for _, _, lat in latency]])
         ax.invert_yaxis()
         ax.set_xlabel("ms per inference (median, bar to p90)")
-        where = {lat["measured"].split(":")[0] for _, _, lat in latency}
+        where = {lat.measured.split(":")[0] for _, _, lat in latency}
         figures.append((f"Latency per format and target ({' and '.join(sorted(where))}; emulated time is not device "
                         "time)", fig))
-    counted = [(t, a.key, a.targets[t]["instructions_per_inference"]) for t in _targets(m) for a in m.artifacts
-               if a.targets.get(t, {}).get("instructions_per_inference")]
+    counted = [(t, a.key, a.targets[t].instructions_per_inference) for t in _targets(m) for a in m.artifacts
+               if t in a.targets and a.targets[t].instructions_per_inference]
     if counted:
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(counted) + 1.2))
         ax.barh([f"{t}: {key}" for t, key, _ in counted], [n / 1e6 for _, _, n in counted], color="tab:green")

@@ -80,6 +80,25 @@ def convert(tp: Any, value: Any, where: str, strict: bool = False) -> Any:
     raise TypeError(f"schema.convert: unsupported annotation {tp!r} at {where}")  # a bug in edgeq, not input
 
 
+def dump(obj: Any) -> Any:
+    """A record as JSON-ready data (the inverse of `build`). A field whose metadata says "omit" is left
+    out while it holds its default, so files written before the field existed read back unchanged."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("omit") and value == (f.default if f.default is not dataclasses.MISSING
+                                                    else f.default_factory()):  # type: ignore[misc]
+                continue
+            out[f.name] = dump(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [dump(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: dump(v) for k, v in obj.items()}
+    return obj
+
+
 def describe(tp: Any) -> str:
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):

@@ -9,12 +9,11 @@ from typing import Any
 
 from edgeq import schema
 from edgeq.errors import EdgeqError
-from edgeq.manifest import FORMATS
+from edgeq.config import BACKENDS, FORMATS
 from edgeq.paths import plain_name
 
 # The repo's targets/ folder; the wheel carries the same files as package data (see pyproject).
 _CANDIDATE_DIRS = (Path(__file__).resolve().parent.parent / "targets", Path(__file__).resolve().parent / "target_files")
-BACKENDS = ("qnnpack", "x86")  # quantization configs (edgeq.quantize); here so targets load without torch
 ARCHES = ("aarch64", "x86_64")
 
 

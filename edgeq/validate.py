@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,13 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from edgeq import procs, report, runner
+from edgeq import procs, report, runner, schema
+from edgeq.config import ValidateConfig
 from edgeq.errors import EdgeqError
-from edgeq.manifest import MANIFEST, Artifact, HostCheck, Manifest, verify_file
+from edgeq.manifest import MANIFEST, Artifact, HostCheck, Latency, Manifest, TargetRun, verify_file
 from edgeq.paths import remove_stale, scratch_prefix
-from edgeq.provision import Emulator, emulator
+from edgeq.placement import Placement, measured, placement
+from edgeq.qemu.provision import Emulator, emulator
 from edgeq.targets import Target, Thresholds, load_target, target_of
 
 SCRATCH = "edgeq-validate-"  # in the temp folder: inputs, jobs and outputs of one validation
@@ -88,62 +89,68 @@ def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | Non
 # On the target: every artifact of an export run by edgeq/runner.py inside qemu-aarch64 (or on the
 # host for host targets), its outputs compared with the float model's, its latency measured.
 
-def validate(folder: str | Path, target: str | Path | None = None, *, runs: int = 20, warmup: int = 3,
-             threads: int = 1, samples: int | None = None, count_instructions: bool = False,
-             timeout: float = 900.0, thresholds: dict[str, float] | None = None,
-             progress: Progress | None = None) -> dict[str, dict[str, Any]]:
-    """Run each artifact of `folder` on `target` (default: the export's), compare it with the float
-    model's outputs in reference.npz, time it, and merge the results into manifest.json under
-    artifacts[].targets[<target>]. Returns {artifact key: result}. Raises EdgeqError for bad input;
-    an artifact that fails or crashes is recorded as failed, the others still run."""
+@dataclass(frozen=True)
+class Session:
+    """One `validate` run: the export, the target, where it runs, and the scratch folder."""
+
+    folder: Path
+    work: Path
+    spec: Target
+    plan: Placement
+    emu: Emulator | None
+    engine: str  # torch's quantized engine for .ptl
+    options: ValidateConfig
+
+
+def validate(folder: str | Path, target: str | Path | None = None, options: ValidateConfig = ValidateConfig(),
+             progress: Progress | None = None) -> dict[str, TargetRun]:
+    """Run each artifact of `folder` on `target` (default: the export's, from its manifest), compare
+    it with the float model's outputs in reference.npz, time it, and merge the results into
+    manifest.json under artifacts[].targets[<target>]. Returns {artifact key: result}. Raises
+    EdgeqError for bad input; an artifact that fails or crashes is recorded as failed, the others
+    still run."""
     started = time.perf_counter()
     folder = Path(folder)
     manifest = Manifest.load(folder)
-    spec = load_target(target) if target else target_of(manifest.target, f"{folder / MANIFEST}: target")
-    limits = replace(spec.thresholds, **(thresholds or {}))
-    if runs < 1 or threads < 1 or warmup < 0 or (samples is not None and samples < 1):
-        raise EdgeqError("--runs, --threads and --samples must be at least 1 (--warmup at least 0)")
+    spec = load_target(target) if target else target_of(schema.dump(manifest.target), f"{folder / MANIFEST}: target")
+    limits = replace(spec.thresholds, **options.thresholds.given())
     if manifest.reference is None:
         raise EdgeqError(f"{folder / MANIFEST} has no reference inputs (an export from before edgeq validate): re-export")
-    for entry in (manifest.reference, *[asdict(a) for a in manifest.artifacts]):
-        verify_file(folder, entry["path"], entry["sha256"])
-    if spec.arch == "aarch64" and platform.machine() != "aarch64":
-        emu = emulator(spec.name, with_plugins=count_instructions)
-    elif spec.arch != platform.machine():
-        raise EdgeqError(f"target {spec.name} is {spec.arch} and runs on the host, but this host is "
-                         f"{platform.machine()}: validate on an {spec.arch} machine, or pick an emulated target")
-    elif count_instructions:
+    for name, sha256 in ((manifest.reference.path, manifest.reference.sha256),
+                         *((a.path, a.sha256) for a in manifest.artifacts)):
+        verify_file(folder, name, sha256)
+    plan = placement(spec)
+    if plan.where == "emulated":
+        emu = emulator(spec.name, with_plugins=options.count_instructions)
+    elif options.count_instructions:
         raise EdgeqError(f"--count-instructions needs an emulated target; {spec.name} runs on the host")
     else:
         emu = None
-    with np.load(folder / manifest.reference["path"]) as ref:
-        n = min(samples or len(ref["inputs"]), len(ref["inputs"]))
+    with np.load(folder / manifest.reference.path) as ref:
+        n = min(options.samples or len(ref["inputs"]), len(ref["inputs"]))
         inputs, expected = ref["inputs"][:n], ref["outputs"][:n]
         labels = ref["labels"][:n] if "labels" in ref.files else None
-    engine = manifest.quantization.get("backend", "qnnpack")
 
     artifacts = [a for a in manifest.artifacts if a.format in spec.runtimes]
     task = progress.add_task(f"validating on {spec.name}", total=len(artifacts)) if progress else None
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, TargetRun] = {}
     remove_stale(Path(tempfile.gettempdir()), SCRATCH)
     with tempfile.TemporaryDirectory(prefix=scratch_prefix(SCRATCH)) as tmp:
-        work = Path(tmp)
-        np.save(work / "inputs.npy", inputs)
+        session = Session(folder, Path(tmp), spec, plan, emu, manifest.quantization.backend or "qnnpack", options)
+        np.save(session.work / "inputs.npy", inputs)
         for a in artifacts:
             if progress:
                 progress.update(task, description=f"validating {a.key} on {spec.name}")
-            result = _on_target(a, folder, work, spec, emu, engine, threads, warmup, runs, timeout)
-            if "error" not in result:
-                outputs = np.load(work / f"{a.precision}_{a.format}.out.npy")
-                check = compare(expected, outputs, labels, a.precision, limits, manifest.method)
-                result["check"] = asdict(check)
-                result["passed"] = bool(check.passed)
-                if count_instructions:
-                    n = int(np.clip(COUNT_SECONDS * 1e3 / result["latency_ms"]["median"], 10, 500))
-                    result["instructions_per_inference"] = _instructions(a, folder, work, spec, emu, engine, timeout, n)
-                    result["instructions_counted_over"] = n
-            results[a.key] = result
-            a.targets[spec.name] = result
+            result = _on_target(a, session)
+            if result.error is None:
+                outputs = np.load(session.work / f"{a.precision}_{a.format}.out.npy")
+                result.check = compare(expected, outputs, labels, a.precision, limits, manifest.method)
+                result.passed = bool(result.check.passed)
+                if options.count_instructions and result.latency_ms:
+                    n = int(np.clip(COUNT_SECONDS * 1e3 / result.latency_ms.median, 10, 500))
+                    result.instructions_per_inference = _instructions(a, session, n)
+                    result.instructions_counted_over = n
+            results[a.key] = a.targets[spec.name] = result
             if progress:
                 progress.advance(task)
     manifest.timings_s[f"validate_{spec.name}"] = round(time.perf_counter() - started, 3)
@@ -152,63 +159,51 @@ def validate(folder: str | Path, target: str | Path | None = None, *, runs: int 
     return results
 
 
-def _on_target(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulator | None, engine: str,
-               threads: int, warmup: int, runs: int, timeout: float) -> dict[str, Any]:
+def _on_target(a: Artifact, session: Session) -> TargetRun:
     """One runner process per artifact: a crash or hang loses that artifact only."""
+    options, spec = session.options, session.spec
     stem = f"{a.precision}_{a.format}"
-    job = _job(a, folder, work, stem, engine, threads, warmup, runs, outputs=True)
+    job = _job(a, session, stem, options.runs, counting=False)
     started = time.perf_counter()
-    proc = _run_runner(job, work / f"{stem}.job.json", spec, emu, threads, timeout)
-    where = "emulated" if emu else "host"
-    result: dict[str, Any] = {"target": spec.name, "where": where, "qemu_cpu": spec.qemu_cpu if emu else None,
-                              "threads": threads,
-                              "validated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    proc = _run_runner(job, session.work / f"{stem}.job.json", session, options.threads)
+    result = TargetRun(target=spec.name, where=session.plan.where, qemu_cpu=session.plan.qemu_cpu,
+                       threads=options.threads, validated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if isinstance(proc, str) or proc.returncode != 0 or not Path(job["result"]).is_file():
-        detail = proc if isinstance(proc, str) else how_it_ended(proc)
-        return {**result, "passed": False, "error": f"runner failed on {spec.name}: {detail}"}
+        result.error = f"runner failed on {spec.name}: {proc if isinstance(proc, str) else how_it_ended(proc)}"
+        return result
     seen = json.loads(Path(job["result"]).read_text())
     latencies = np.array(seen["latencies_ms"])
-    where, label = measured_where(emu is not None, spec, seen)
-    return {**result, "where": where, "machine": seen["machine"], "cpu": seen["cpu"], "cpu_features": seen["cpu_features"],
-            "python": seen["python"], "import_s": round(seen["import_s"], 3), "load_s": round(seen["load_s"], 4),
-            # Under QEMU this is the emulator process's peak, translation buffers included.
-            "peak_rss_mb": round(seen["peak_rss_mb"], 1),
-            "latency_ms": {"median": float(np.median(latencies)), "p90": float(np.percentile(latencies, 90)),
-                           "trimmed_mean": _trimmed_mean(latencies), "runs": len(latencies), "warmup": warmup,
-                           "measured": label},
-            "wall_s": round(time.perf_counter() - started, 2)}
+    result.where, label = measured(session.plan, seen)
+    result.machine, result.cpu, result.cpu_features = seen["machine"], seen["cpu"], seen["cpu_features"]
+    result.python, result.import_s, result.load_s = seen["python"], round(seen["import_s"], 3), round(seen["load_s"], 4)
+    result.peak_rss_mb = round(seen["peak_rss_mb"], 1)  # under QEMU: the emulator's, translation buffers included
+    result.latency_ms = Latency(median=float(np.median(latencies)), p90=float(np.percentile(latencies, 90)),
+                                trimmed_mean=_trimmed_mean(latencies), runs=len(latencies), warmup=options.warmup,
+                                measured=label)
+    result.wall_s = round(time.perf_counter() - started, 2)
+    return result
 
 
 def failures(manifest: Manifest, spec: Target | None) -> list[str]:
     """Artifacts that failed their host check, or failed (or did not run) on `spec`; formats the
     target does not run are not its failures."""
-    return [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed)
-            or (spec and a.format in spec.runtimes and not a.targets.get(spec.name, {}).get("passed"))]
+    def failed_on_target(a: Artifact) -> bool:
+        run = a.targets.get(spec.name) if spec else None
+        return bool(spec) and a.format in spec.runtimes and not (run and run.passed)
+
+    return [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed) or failed_on_target(a)]
 
 
-def measured_where(emulated: bool, spec: Target, seen: dict[str, Any]) -> tuple[str, str]:
-    """(where, label) of a latency. A host run can be emulated too: inside `docker run --platform
-    linux/arm64` on an x86 machine, binfmt QEMU runs everything, and only the CPU the kernel reports
-    shows it (QEMU's "max" CPU, or an x86 CPU under an aarch64 process)."""
-    if emulated:
-        return "emulated", f"emulated: qemu-aarch64 -cpu {spec.qemu_cpu}, not device time"
-    cpu = seen.get("cpu", "")
-    if seen.get("machine") == "aarch64" and ("implementer 0x" not in cpu or cpu.startswith("QEMU")):
-        return "emulated", f"emulated: QEMU user mode (binfmt, {cpu}), not device time"
-    return "host", f"host ({seen.get('machine', platform.machine())})"
-
-
-def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emulator | None, engine: str,
-                  timeout: float, n: int) -> int | None:
+def _instructions(a: Artifact, session: Session, n: int) -> int | None:
     """Guest instructions per inference: (runs=n) − (runs=0), both after one warm-up, so imports,
     loading and first-run setup cancel out. Independent of the host's load. What does not cancel
     (start-up varies by ~0.5 M instructions of ~7 G) is spread over the n runs."""
     counts = []
     for runs in (n, 0):
         stem = f"{a.precision}_{a.format}.insn{runs}"
-        job = _job(a, folder, work, stem, engine, threads=1, warmup=1, runs=runs, outputs=False)
-        log = work / f"{stem}.plugin.log"
-        proc = _run_runner(job, work / f"{stem}.job.json", spec, emu, 1, timeout, plugin_log=log)
+        job = _job(a, session, stem, runs, counting=True)
+        log = session.work / f"{stem}.plugin.log"
+        proc = _run_runner(job, session.work / f"{stem}.job.json", session, 1, plugin_log=log)
         if isinstance(proc, str) or proc.returncode != 0 or not log.is_file():
             return None
         found = re.findall(r"insns:\s*(\d+)", log.read_text())
@@ -218,23 +213,28 @@ def _instructions(a: Artifact, folder: Path, work: Path, spec: Target, emu: Emul
     return round((counts[0] - counts[1]) / n)
 
 
-def _job(a: Artifact, folder: Path, work: Path, stem: str, engine: str, threads: int, warmup: int, runs: int,
-         outputs: bool) -> dict[str, Any]:
-    """What edgeq/runner.py reads: the artifact, its runtime's settings, where to write."""
-    return {"format": a.format, "path": str((folder / a.path).resolve()), "engine": engine, "threads": threads,
-            "inputs": str(work / "inputs.npy"), "outputs": str(work / f"{stem}.out.npy") if outputs else None,
-            "warmup": warmup, "runs": runs, "result": str(work / f"{stem}.result.json"),
+def _job(a: Artifact, session: Session, stem: str, runs: int, counting: bool) -> dict[str, Any]:
+    """What edgeq/runner.py reads: the artifact, its runtime's settings, where to write. A counting
+    run uses one thread and one warm-up, and writes no outputs (the run before compared them)."""
+    work, options = session.work, session.options
+    return {"format": a.format, "path": str((session.folder / a.path).resolve()), "engine": session.engine,
+            "threads": 1 if counting else options.threads, "inputs": str(work / "inputs.npy"),
+            "outputs": None if counting else str(work / f"{stem}.out.npy"), "warmup": 1 if counting else options.warmup,
+            "runs": runs,
+            "result": str(work / f"{stem}.result.json"),
             "parent_pid": os.getpid()}  # the runner exits when edgeq is gone
 
 
-def _run_runner(job: dict[str, Any], job_file: Path, spec: Target, emu: Emulator | None, threads: int,
-                timeout: float, plugin_log: Path | None = None) -> subprocess.CompletedProcess[str] | str:
+def _run_runner(job: dict[str, Any], job_file: Path, session: Session, threads: int,
+                plugin_log: Path | None = None) -> subprocess.CompletedProcess[str] | str:
     job_file.write_text(json.dumps(job))
     script = [str(Path(runner.__file__).resolve()), str(job_file)]
-    if emu is None:
+    if session.emu is None:
         argv, env = [sys.executable, *script], {**os.environ, "OMP_NUM_THREADS": str(threads)}
     else:
-        argv, env = emu.command(spec.qemu_cpu or "max", script, threads, plugin_log is not None, plugin_log)
+        argv, env = session.emu.command(session.plan.qemu_cpu or "max", script, threads, plugin_log is not None,
+                                        plugin_log)
+    timeout = session.options.timeout
     try:
         return procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

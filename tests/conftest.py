@@ -33,7 +33,7 @@ def builtin_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path
 @pytest.fixture(scope="session")
 def emulated_target():
     """The emulated aarch64 target, set up in EDGEQ_CACHE (~/.cache/edgeq) on first use, as users do."""
-    from edgeq.provision import setup
+    from edgeq.qemu.provision import setup
 
     return setup()
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeq.android import write_golden
+from edgeq.android.assets import write_golden
 from edgeq.data import Preprocess
 from edgeq.manifest import Manifest, sha256_file
 from conftest import ANDROID_DEMO, assert_user_error, copy_demo_app, run_cli
@@ -51,9 +51,9 @@ def test_android_puts_the_export_into_the_apps_assets(installed_demo):
     manifest = Manifest.load(dist)
     assets = app / "app" / "src" / "main" / "assets"
     assert sha256_file(assets / "model.pte") == manifest.artifact("pte", "int8").sha256
-    assert (assets / "labels.txt").read_text().splitlines() == manifest.model["classes"]
+    assert (assets / "labels.txt").read_text().splitlines() == manifest.model.classes
     pre = json.loads((assets / "preprocess.json").read_text())
-    assert Preprocess.from_dict(pre) == Preprocess.from_dict(manifest.preprocess)
+    assert Preprocess.from_dict(pre) == manifest.preprocess
     assert pre["input_shape"] == [1, 1, 28, 28] and pre["executorch"] == manifest.versions["executorch"]
     golden = json.loads((assets / "golden" / "golden.json").read_text())
     assert sorted(s["label"] for s in golden["samples"]) == list(range(10))  # one sample per class

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from edgeq import apk
+from edgeq.android import apk
 from edgeq.errors import EdgeqError
 from conftest import assert_user_error, copy_demo_app, run_cli
 

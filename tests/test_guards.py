@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import click
+import pytest
 
 from edgeq.cli import main
 from edgeq.manifest import Manifest
@@ -37,8 +38,11 @@ def test_cli_options_are_unchanged():
     assert json.loads(json.dumps(_snapshot(main))) == expected
 
 
-def test_an_older_manifest_loads_and_saves_back_the_same(tmp_path):
-    original = json.loads((DATA / "manifest_v0.1.json").read_text())
+@pytest.mark.parametrize("name", ["manifest_v0.1.json", "manifest_v0.1_qat.json"])
+def test_an_older_manifest_loads_and_saves_back_the_same(tmp_path, name):
+    """Written by edgeq 0.1 before the manifest was typed: a static export validated on arm64 and on
+    x86_64 (one run crashed), and a QAT export."""
+    original = json.loads((DATA / name).read_text())
     manifest = Manifest.from_dict(original)
     assert json.loads(manifest.to_json()) == original
     manifest.write(tmp_path)

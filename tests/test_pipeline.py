@@ -21,7 +21,7 @@ def test_torchvision_models_export_all_formats(tmp_path, name, target):
     manifest = edgeq.export(tmp_path / "dist", validate_on_target=False, model=f"torchvision:{name}?num_classes=10", input_shape=(1, 3, 64, 64),
                             target=target, calib_samples=32, check_samples=24, progress=False)
     assert isinstance(manifest, Manifest)
-    assert manifest.quantization["backend"] == ("x86" if target == "x86_64" else "qnnpack")
+    assert manifest.quantization.backend == ("x86" if target == "x86_64" else "qnnpack")
     assert len(manifest.artifacts) == 6
     for a in manifest.artifacts:
         assert (tmp_path / "dist" / a.path).stat().st_size == a.bytes
@@ -39,5 +39,5 @@ def test_mobilenet_v2_int8_pte_is_under_three_tenths_of_fp32(tmp_path):
                             calib_samples=16, check_samples=8, progress=False)
     int8, fp32 = manifest.artifact("pte", "int8"), manifest.artifact("pte", "fp32")
     assert int8.bytes <= 0.3 * fp32.bytes, (int8.bytes, fp32.bytes)
-    assert manifest.model["input_shape"] == [1, 3, 224, 224]
-    assert manifest.preprocess["resize"] == 256
+    assert manifest.model.input_shape == [1, 3, 224, 224]
+    assert manifest.preprocess.resize == 256

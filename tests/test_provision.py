@@ -7,7 +7,7 @@ import time
 import pytest
 
 from edgeq.errors import EdgeqError
-from edgeq.provision import Emulator, cache_root, emulator, setup
+from edgeq.qemu.provision import Emulator, cache_root, emulator, setup
 
 
 def test_missing_target_names_the_setup_command(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -11,14 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from rich.progress import Progress
 
 from conftest import EDGEQ, assert_nothing_written
 from edgeq.data import Preprocess, fashion_mnist
 from edgeq.errors import EdgeqError
 from edgeq.models import load_model
-from edgeq.qat import TrainConfig, TrainSplit, World, train
-from edgeq.quantize import QuantRecipe
+from edgeq.config import QuantRecipe, TrainConfig
+from edgeq.qat import Run, TrainSplit, World, train
 
 SMALL = dict(epochs=1, batch_size=32, train_samples=256, val_samples=128, checkpoint_every=4)
 
@@ -33,9 +35,10 @@ def _train(builtin, checkpoint: Path, flow: str = "xnnpack", resume: bool = Fals
     loaded, preprocess, images = builtin
     config = TrainConfig(**{**SMALL, **overrides})
     split = TrainSplit.of(images, config, loaded.num_classes, World())
-    lines: list[str] = []
-    model, record = train(flow, loaded, QuantRecipe(), config, split, preprocess, checkpoint, resume, World(),
-                          Progress(disable=True), lines.append, flow)
+    bar = Progress(console=Console(file=io.StringIO(), width=200))  # log lines land in the console's file
+    run = Run(loaded, QuantRecipe(backend="qnnpack"), config, split, preprocess, resume, World(), bar)
+    model, record = train(flow, run, checkpoint)
+    lines = [ln for ln in bar.console.file.getvalue().splitlines() if ln.startswith("QAT")]
     return model, record, lines
 
 

@@ -11,7 +11,10 @@ from conftest import assert_user_error, run_cli
 from edgeq.manifest import Manifest, sha256_file
 from edgeq.errors import EdgeqError
 from edgeq.targets import Thresholds, load_target
-from edgeq.validate import accuracy, compare, measured_where, sqnr_db, top1_agreement, validate
+from edgeq import schema
+from edgeq.config import ValidateConfig
+from edgeq.placement import measured, placement
+from edgeq.validate import accuracy, compare, sqnr_db, top1_agreement, validate
 
 
 def test_sqnr_of_known_noise():
@@ -93,7 +96,7 @@ def test_validate_on_the_host_target(small_export, tmp_path):
     for result in results.values():
         assert result["where"] == "host" and result["latency_ms"]["measured"].startswith("host")
         assert result["check"]["top1_agreement"] > 0.97
-    assert Manifest.load(dist).artifact("pte", "int8").targets["x86_64"] == results["int8 .pte"]
+    assert schema.dump(Manifest.load(dist).artifact("pte", "int8").targets["x86_64"]) == results["int8 .pte"]
 
 
 @pytest.mark.parametrize("damage", ["corrupted", "missing"])
@@ -123,7 +126,7 @@ def test_timeout_is_reported_per_artifact(small_export, tmp_path):
     r = run_cli("validate", str(dist), "--target", "x86_64", "--timeout", "0.01", "-q")
     assert r.exit_code == 1
     for a in Manifest.load(dist).artifacts:
-        assert "timed out after 0.01 s" in a.targets["x86_64"]["error"] and a.targets["x86_64"]["passed"] is False
+        assert "timed out after 0.01 s" in a.targets["x86_64"].error and a.targets["x86_64"].passed is False
 
 
 @pytest.mark.qemu
@@ -140,9 +143,9 @@ def test_runner_crash_inside_the_emulator_keeps_the_others(small_export, tmp_pat
     assert r.exit_code == 1
     assert "int8 .onnx failed" in r.stderr.strip().splitlines()[-1]
     results = {a.key: a.targets["cortex-a53"] for a in Manifest.load(dist).artifacts}
-    assert "runner failed on cortex-a53" in results["int8 .onnx"]["error"] and not results["int8 .onnx"]["passed"]
-    assert results["int8 .pte"]["passed"] and results["int8 .pte"]["machine"] == "aarch64"
-    assert results["int8 .pte"]["cpu"].startswith("Cortex-A53")
+    assert "runner failed on cortex-a53" in results["int8 .onnx"].error and not results["int8 .onnx"].passed
+    assert results["int8 .pte"].passed and results["int8 .pte"].machine == "aarch64"
+    assert results["int8 .pte"].cpu.startswith("Cortex-A53")
 
 
 @pytest.mark.qemu
@@ -150,15 +153,15 @@ def test_runner_crash_inside_the_emulator_keeps_the_others(small_export, tmp_pat
                     reason="building QEMU's plugin needs cc and pkg-config (scripts/setup.sh installs them as root)")
 def test_instruction_counts_differ_between_cpu_models(small_export, tmp_path, emulated_target):
     """Cortex-A53 has no dot-product instructions; Cortex-A76 runs XNNPACK's SDOT kernels."""
-    from edgeq.provision import setup
+    from edgeq.qemu.provision import setup
 
     setup(with_plugins=True)
     dist = _copy(small_export, tmp_path)
     counts = {}
     for target in ("cortex-a53", "android-arm64"):
-        results = validate(dist, target, runs=3, count_instructions=True)
-        counts[target] = results["int8 .pte"]["instructions_per_inference"]
-        assert results["int8 .pte"]["passed"] and results["int8 .pte"]["instructions_counted_over"] >= 10
+        results = validate(dist, target, ValidateConfig(runs=3, count_instructions=True))
+        counts[target] = results["int8 .pte"].instructions_per_inference
+        assert results["int8 .pte"].passed and results["int8 .pte"].instructions_counted_over >= 10
     assert all(c and c > 100_000 for c in counts.values()), counts
     # Seen: 0.80 M vs 0.45 M, repeatable to 0.2%; far apart, not noise.
     assert counts["cortex-a53"] > 1.3 * counts["android-arm64"], counts
@@ -174,15 +177,17 @@ def test_latency_under_binfmt_emulation_is_labelled_emulated():
     from edgeq.runner import cpu_model
 
     arm64 = load_target("arm64")
+    on_arm, on_x86 = placement(arm64, host="aarch64"), placement(arm64, host="x86_64")
+    assert (on_arm.where, on_x86.where) == ("host", "emulated")
     qemu_cpu, _ = cpu_model(QEMU_MAX_CPUINFO)
     assert qemu_cpu.startswith("QEMU max")
-    assert measured_where(False, arm64, {"machine": "aarch64", "cpu": qemu_cpu})[0] == "emulated"
+    assert measured(on_arm, {"machine": "aarch64", "cpu": qemu_cpu})[0] == "emulated"
     # An older binfmt QEMU passes the x86 host's cpuinfo through to the aarch64 process.
-    assert measured_where(False, arm64, {"machine": "aarch64", "cpu": "Intel(R) Xeon(R) CPU"})[0] == "emulated"
+    assert measured(on_arm, {"machine": "aarch64", "cpu": "Intel(R) Xeon(R) CPU"})[0] == "emulated"
     pi_cpu, _ = cpu_model(RPI4_CPUINFO)
     assert pi_cpu == "Cortex-A72 (implementer 0x41, part 0xd08)"
-    assert measured_where(False, arm64, {"machine": "aarch64", "cpu": pi_cpu}) == ("host", "host (aarch64)")
-    assert measured_where(True, arm64, {"machine": "aarch64", "cpu": pi_cpu})[1].startswith("emulated: qemu-aarch64 -cpu")
+    assert measured(on_arm, {"machine": "aarch64", "cpu": pi_cpu}) == ("host", "host (aarch64)")
+    assert measured(on_x86, {"machine": "aarch64", "cpu": pi_cpu})[1].startswith("emulated: qemu-aarch64 -cpu")
 
 
 def test_a_host_target_of_another_arch_is_refused(small_export, tmp_path, monkeypatch):

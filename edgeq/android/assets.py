@@ -68,13 +68,9 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
     verify_file(dist, pte.path, pte.sha256)
     if not manifest.reference:
         raise EdgeqError(f"{dist} has no reference.npz (exported by an older edgeq): re-export it")
-    verify_file(dist, manifest.reference["path"], manifest.reference["sha256"])
-    preprocess = Preprocess.from_dict(manifest.preprocess)
-    try:
-        classes = convert(list[str] | None, manifest.model.get("classes"), "model.classes") or \
-            [f"class {i}" for i in range(convert(int, manifest.model.get("num_classes"), "model.num_classes"))]
-    except SchemaError as e:
-        raise EdgeqError(f"{dist / 'manifest.json'}: {e}: re-export") from None
+    verify_file(dist, manifest.reference.path, manifest.reference.sha256)
+    preprocess = manifest.preprocess
+    classes = manifest.model.classes or [f"class {i}" for i in range(manifest.model.num_classes)]
 
     final = app / ASSETS
     final.mkdir(parents=True, exist_ok=True)
@@ -85,10 +81,10 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
         shutil.copyfile(dist / pte.path, stage / "model.pte")
         (stage / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
         (stage / "preprocess.json").write_text(json.dumps({
-            **preprocess.to_dict(), "input_shape": manifest.model["input_shape"], "model": manifest.model["source"],
+            **preprocess.to_dict(), "input_shape": manifest.model.input_shape, "model": manifest.model.source,
             "precision": precision, "edgeq": manifest.edgeq_version,
             "executorch": manifest.versions.get("executorch")}, indent=2) + "\n")
-        count = _golden(stage, dist / pte.path, dist / manifest.reference["path"], preprocess, classes, precision)
+        count = _golden(stage, dist / pte.path, dist / manifest.reference.path, preprocess, classes, precision)
         written = _move_in(stage, final, owned)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

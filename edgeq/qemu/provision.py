@@ -30,7 +30,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
-from edgeq import fetch, stubs
+from edgeq import fetch
+from edgeq.qemu import stubs
 from edgeq.errors import EdgeqError
 from edgeq.fetch import DEBIAN, DEBIAN_SECURITY, Log, cache_root, marker
 
