@@ -46,7 +46,10 @@ def convert(tp: Any, value: Any, where: str, strict: bool = False) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for option in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own error says more (which field inside it is wrong)
+            return convert(options[0], value, where, strict)
+        for option in options:
             try:
                 return convert(option, value, where, strict)
             except SchemaError:

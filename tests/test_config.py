@@ -78,3 +78,11 @@ def test_report_does_not_import_torch(builtin_export):
     _, dist, _ = builtin_export
     modules = _imported("report", str(dist))
     assert "edgeq.report" in modules and "torch" not in modules
+
+
+def test_edgeq_export_stays_the_verb_after_the_exporters_are_imported():
+    """edgeq/export/ (the exporters) and edgeq.export (the verb) share a name: the verb must win."""
+    import edgeq
+    import edgeq.export.onnx  # noqa: F401
+
+    assert callable(edgeq.export) and edgeq.export.__module__ == "edgeq"
