@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.fx import GraphModule
 
 from edgeq.errors import EdgeqError
@@ -66,11 +67,9 @@ def quantizer_for(fmt: str, backend: str, method: str = "static") -> str:
 
 def pt2e_quantizer(name: str, per_channel: bool, qat: bool = False):  # -> torchao Quantizer
     if name == "xnnpack":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
+        from edgeq.quantize.patterns import xnnpack_quantizer
 
-        config = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
-        return XNNPACKQuantizer().set_global(config)
+        return xnnpack_quantizer(per_channel, qat)
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
@@ -107,7 +106,10 @@ def convert(flow: str, prepared: nn.Module, recipe: QuantRecipe) -> nn.Module:
             from torch.ao.quantization.quantize_fx import convert_fx
 
             with quantized_engine(recipe.backend):  # weights are packed for the engine set now
-                return convert_fx(prepared.eval())
+                converted = convert_fx(prepared.eval())
+            if recipe.backend == "qnnpack":
+                contiguous_clamps(converted)
+            return converted
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         return convert_pt2e(prepared)
@@ -142,33 +144,57 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(recipe.backend)
         mapping = mapping.set_global(qconfig)
         model = copy.deepcopy(model).train(qat)
-        if recipe.backend == "qnnpack":
-            _contiguous_clamps(model)
         try:
-            return (prepare_qat_fx if qat else prepare_fx)(model, mapping, (torch.zeros(input_shape),))
+            traced = _functional_convs_with_lists(torch.fx.symbolic_trace(model))
+            return (prepare_qat_fx if qat else prepare_fx)(traced, mapping, (torch.zeros(input_shape),))
         except Exception as e:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python code
             raise export_failure("FX quantization (symbolic tracing)", e, None) from None
 
 
-class ContiguousClamp(nn.Module):
-    """Feeds ReLU6/Hardtanh a contiguous tensor. QNNPACK's quantized clamp returns wrong values
-    on channels-last tensors (seen in torch 2.14.1: errors of the full 0..6 range), and its
-    quantized convolutions output channels-last. The copy costs little next to the conv."""
-
-    def __init__(self, act: nn.Module) -> None:
-        super().__init__()
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x.contiguous())
+_FUNCTIONAL_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 
 
-def _contiguous_clamps(model: nn.Module) -> None:
-    for name, child in model.named_children():
-        if isinstance(child, (nn.ReLU6, nn.Hardtanh)):
-            setattr(model, name, ContiguousClamp(child))
-        else:
-            _contiguous_clamps(child)
+def _functional_convs_with_lists(graph: GraphModule) -> GraphModule:
+    """F.conv2d(x, w, b, 2) is valid PyTorch, but FX's quantized conv packs its arguments with
+    conv2d_prepack, which wants every one, as lists: spell them all out, one value per dimension."""
+    for node in graph.graph.nodes:
+        dims = _FUNCTIONAL_CONVS.get(node.target) if node.op == "call_function" else None
+        if dims is None:
+            continue
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        given = {**dict(zip(names, node.args)), **node.kwargs}
+        defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+        values = [given.get(n, defaults.get(n)) for n in names]
+        node.args = tuple((v,) * dims if 3 <= i <= 5 and isinstance(v, int) else v for i, v in enumerate(values))
+        node.kwargs = {}
+    graph.recompile()
+    return graph
+
+
+_CLAMP_FUNCTIONS = (F.relu6, F.hardtanh, F.hardtanh_, torch.clamp, torch.clamp_)
+_CLAMP_MODULES = (nn.ReLU6, nn.Hardtanh)  # the quantized ReLU6/Hardtanh modules subclass these
+
+
+def contiguous_clamps(graph: GraphModule) -> int:
+    """Feed every ReLU6/Hardtanh/clamp of a converted FX graph a contiguous tensor. QNNPACK's
+    quantized clamp returns wrong values on channels-last tensors (seen in torch 2.14.1: errors of
+    the full 0..6 range), and its quantized convolutions output channels-last. Modules and
+    functional calls alike: TF ports of EfficientNet-Lite call F.relu6, and without this their .ptl
+    agreed with the float model on 0% of images. The copy costs little next to the conv."""
+    modules = dict(graph.named_modules())
+    fixed = 0
+    for node in list(graph.graph.nodes):
+        is_clamp = (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS) or \
+            (node.op == "call_method" and node.target in ("clamp", "clamp_")) or \
+            (node.op == "call_module" and isinstance(modules.get(node.target), _CLAMP_MODULES))
+        if not is_clamp or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        with graph.graph.inserting_before(node):
+            contiguous = graph.graph.call_method("contiguous", (node.args[0],))
+        node.replace_input_with(node.args[0], contiguous)
+        fixed += 1
+    graph.recompile()
+    return fixed
 
 
 def _split_reused_module_partitions(graph: GraphModule) -> None:

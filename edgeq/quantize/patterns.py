@@ -1,0 +1,73 @@
+"""Quantizer patterns that match what the runtimes fuse.
+
+XNNPACKQuantizer (ExecuTorch 1.5.1) fuses conv/linear + ReLU but not + ReLU6: `torch.export` turns
+`nn.ReLU6` / `F.relu6` into `aten.relu6`, which the stock annotators neither fuse nor share, and an
+explicit `hardtanh(0, 6)` is shared with its input. Either way the producer's output is observed
+*before* the clamp: a [0, 6] activation gets a range set by its negative tail and outliers above 6,
+and loses most of its 256 levels (a [0, 6] signal seen as −4.5…14.9 uses ~80). On EfficientNet-Lite
+with ImageNet weights that alone took the logit SQNR from 7.8 to 18.8 dB (../shared/design/ptq.md).
+
+The fix is the one XNNPACK itself runs: conv → clamp is one kernel with an output range, so the
+quantization point belongs after the clamp. `EdgeqXNNPACKQuantizer` runs the stock annotators, then
+moves each producer's output spec onto the ReLU6 that is its only user, then shares specs as usual.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Node
+
+# ReLU6 as torch.export writes it; hardtanh counts only with the bounds (0, 6).
+_RELU6 = (torch.ops.aten.relu6.default, torch.ops.aten.relu6_.default if hasattr(torch.ops.aten, "relu6_") else None)
+_HARDTANH = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+
+def is_relu6(node: Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if node.target in _RELU6:
+        return True
+    if node.target in _HARDTANH:
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return (low, high) == (0.0, 6.0) or (low, high) == (0, 6)
+    return False
+
+
+def observe_after_relu6(model: GraphModule) -> int:
+    """Move the output quantization spec of every annotated producer whose only user is a ReLU6 onto
+    that ReLU6. Returns how many were moved. Run after the stock annotators, before sharing."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec
+
+    key = "quantization_annotation"
+    moved = 0
+    for node in model.graph.nodes:
+        if not is_relu6(node) or not isinstance(node.args[0], Node):
+            continue
+        producer = node.args[0]
+        annotation = producer.meta.get(key)
+        spec = annotation.output_qspec if annotation is not None else None
+        # Only a spec of its own (not one shared with another node) and only when nothing else reads
+        # the unclamped value: it is not quantized any more.
+        if not isinstance(spec, QuantizationSpec) or len(producer.users) != 1 or node.meta.get(key) is not None:
+            continue
+        annotation.output_qspec = None
+        node.meta[key] = QuantizationAnnotation(input_qspec_map={}, output_qspec=spec, _annotated=True)
+        moved += 1
+    return moved
+
+
+def xnnpack_quantizer(per_channel: bool, qat: bool):  # -> XNNPACKQuantizer
+    """The XNNPACK quantizer with the ReLU6 pattern (see the module docstring)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                          get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
+
+    class EdgeqXNNPACKQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: GraphModule) -> GraphModule:
+            model = self._annotate_for_quantization_config(model)
+            observe_after_relu6(model)
+            propagate_annotation(model)
+            return model
+
+    return EdgeqXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
