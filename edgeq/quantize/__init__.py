@@ -146,9 +146,14 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
         model = copy.deepcopy(model).train(qat)
         try:
             traced = _functional_convs_with_lists(torch.fx.symbolic_trace(model))
-            return (prepare_qat_fx if qat else prepare_fx)(traced, mapping, (torch.zeros(input_shape),))
+            prepared = (prepare_qat_fx if qat else prepare_fx)(traced, mapping, (torch.zeros(input_shape),))
         except Exception as e:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python code
             raise export_failure("FX quantization (symbolic tracing)", e, None) from None
+    if not qat:
+        from edgeq.quantize.patterns import fx_observe_after_relu6
+
+        fx_observe_after_relu6(prepared)
+    return prepared
 
 
 _FUNCTIONAL_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}

@@ -71,3 +71,43 @@ def xnnpack_quantizer(per_channel: bool, qat: bool):  # -> XNNPACKQuantizer
             return model
 
     return EdgeqXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
+
+
+class _ObservesClamped:
+    """Mixed into an FX observer: it records what the ReLU6 after it will output."""
+
+    edgeq_clamp: tuple[float, float]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        super().forward(x.detach().clamp(*self.edgeq_clamp))  # type: ignore[misc]
+        return x
+
+
+def fx_observe_after_relu6(model: GraphModule) -> int:
+    """The FX flow's equivalent, for static quantization: FX shares one observer between a producer
+    and the ReLU6 after it, and feeds it the unclamped values. Make that observer record the
+    clamped ones: the producer's quantized output then saturates at 0 and 6 itself, which is the
+    ReLU6, with all 256 levels on [0, 6]. Returns how many observers now do."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    modules = dict(model.named_modules(remove_duplicate=False))
+    changed = 0
+    for node in model.graph.nodes:
+        clamp = node.op == "call_module" and isinstance(modules.get(node.target), (torch.nn.ReLU6, torch.nn.Hardtanh))
+        if clamp and isinstance(modules[node.target], torch.nn.Hardtanh):
+            clamp = (modules[node.target].min_val, modules[node.target].max_val) == (0.0, 6.0)
+        clamp = clamp or (node.op == "call_function" and node.target in (torch.nn.functional.relu6,)) or \
+            (node.op == "call_function" and node.target is torch.nn.functional.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0))
+        observer_node = node.args[0] if clamp and node.args else None
+        observer = modules.get(observer_node.target) if isinstance(observer_node, Node) and \
+            observer_node.op == "call_module" else None
+        if not isinstance(observer, ObserverBase) or len(observer_node.users) != 1 or \
+                isinstance(observer, _ObservesClamped):
+            continue
+        producer = observer_node.args[0]
+        if not isinstance(producer, Node) or len(producer.users) != 1:
+            continue
+        observer.__class__ = type(f"Clamped{type(observer).__name__}", (_ObservesClamped, type(observer)), {})
+        observer.edgeq_clamp = (0.0, 6.0)
+        changed += 1
+    return changed
