@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from edgeq.config import QuantRecipe
@@ -29,14 +30,23 @@ def _stock_xnnpack(model, shape, calib: np.ndarray):
     return convert_pt2e(prepared)
 
 
-def test_relu6_is_quantized_after_the_clamp_and_that_is_more_accurate():
+@pytest.fixture(scope="module")
+def builtin():
+    """The built-in model, 256 calibration images and 256 others to check on."""
     loaded = load_model(None, None, None)
     images = fashion_mnist("train")
     preprocess = Preprocess.default_for(loaded.input_shape, grayscale_stats=True)
-    calib, check = images.batch(preprocess, range(256)), images.batch(preprocess, range(256, 512))
+    return loaded, images.batch(preprocess, range(256)), images.batch(preprocess, range(256, 512))
+
+
+def _batches(calib: np.ndarray):
+    return lambda: iter([calib[i:i + 32] for i in range(0, len(calib), 32)])
+
+
+def test_relu6_is_quantized_after_the_clamp_and_that_is_more_accurate(builtin):
+    loaded, calib, check = builtin
     recipe = QuantRecipe(backend="qnnpack")
-    ours = quantize_static("xnnpack", loaded.module, loaded.input_shape, recipe,
-                           lambda: iter([calib[i:i + 32] for i in range(0, len(calib), 32)]))
+    ours = quantize_static("xnnpack", loaded.module, loaded.input_shape, recipe, _batches(calib))
     stock = _stock_xnnpack(loaded.module, loaded.input_shape, calib)
 
     # In the converted graph every ReLU6 output is quantized, and no conv output is quantized
@@ -57,22 +67,18 @@ def test_relu6_is_quantized_after_the_clamp_and_that_is_more_accurate():
     assert gain > 3, gain  # seen: +6.9 dB here; 25.8 → 32.4 dB through the whole .pte export
 
 
-def test_the_fx_flow_observes_relu6_outputs_too():
+def test_the_fx_flow_observes_relu6_outputs_too(builtin):
     """FX (.ptl): the observer shared by a conv and its ReLU6 records the clamped values."""
     from edgeq.quantize import prepare
     from edgeq.quantize.patterns import _ObservesClamped
     from edgeq.runner import quantized_engine
 
-    loaded = load_model(None, None, None)
-    images = fashion_mnist("train")
-    preprocess = Preprocess.default_for(loaded.input_shape, grayscale_stats=True)
-    calib, check = images.batch(preprocess, range(256)), images.batch(preprocess, range(256, 512))
+    loaded, calib, check = builtin
     recipe = QuantRecipe(backend="qnnpack")
     prepared = prepare("fx", loaded.module, loaded.input_shape, recipe)
     clamped = {id(m) for m in prepared.modules() if isinstance(m, _ObservesClamped)}
     assert len(clamped) >= 10
-    ours = quantize_static("fx", loaded.module, loaded.input_shape, recipe,
-                           lambda: iter([calib[i:i + 32] for i in range(0, len(calib), 32)]))
+    ours = quantize_static("fx", loaded.module, loaded.input_shape, recipe, _batches(calib))
     with torch.no_grad(), quantized_engine("qnnpack"):
         x = torch.from_numpy(check)
         sqnr = sqnr_db(loaded.module(x).numpy(), ours(x).numpy())
