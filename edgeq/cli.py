@@ -14,9 +14,8 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from edgeq import procs
-from edgeq.config import OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides, ValidateConfig
+from edgeq.config import FORMATS, OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides, ValidateConfig
 from edgeq.errors import EdgeqError
-from edgeq.config import FORMATS
 from edgeq.manifest import Manifest, dumps
 from edgeq.progress import plain_console, progress_bars
 from edgeq.report import print_terminal
@@ -272,7 +271,7 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
     else:
         print_terminal(manifest)
     _exit_if_failed(manifest, load_target(target) if target else
-                    target_of(schema.dump(manifest.target), f"{folder / 'manifest.json'}: target"))
+                    target_of(manifest.target, f"{folder / 'manifest.json'}: target"))
 
 
 @main.command("report")
@@ -347,7 +346,7 @@ def farm_cmd(targets: tuple[str, ...] | None, out: Path, source: Path | None, jo
             validate_args.append(f"{flag}={value}")
     with progress_bars(not quiet) as bar:
         results = farm(targets or default_targets(), out, source=source, jobs=jobs,
-                                    export_args=export_args, validate_args=validate_args, progress=bar)
+                        export_args=export_args, validate_args=validate_args, progress=bar)
     click.echo(markdown(results))
     failed = [r.target for r in results if not r.passed]
     if failed:

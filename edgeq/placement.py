@@ -24,7 +24,6 @@ from edgeq.targets import Target
 class Placement:
     where: str  # host | emulated
     qemu_cpu: str | None  # the CPU QEMU emulates; None on the host
-    target: str
 
     def label(self) -> str:
         """How a latency measured here is labelled in manifests and reports."""
@@ -37,9 +36,9 @@ def placement(target: Target, host: str | None = None) -> Placement:
     """Where `target`'s artifacts run from this machine; an error when they cannot."""
     host = host or platform.machine()
     if target.arch == host:
-        return Placement("host", None, target.name)
+        return Placement("host", None)
     if target.arch == "aarch64":
-        return Placement("emulated", target.qemu_cpu or "max", target.name)
+        return Placement("emulated", target.qemu_cpu or "max")
     raise EdgeqError(f"target {target.name} is {target.arch} and runs on the host, but this host is {host}: "
                      f"validate on an {target.arch} machine, or pick an emulated target")
 

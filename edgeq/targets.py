@@ -90,7 +90,7 @@ def load_target(name_or_path: str | Path) -> Target:
     return Target.from_dict(data, f"target file {path}")
 
 
-def target_of(manifest_target: dict[str, Any], where: str) -> Target:
-    """The target an export was made for, from the copy its manifest holds: a target given as the
-    user's own .toml file stays known after that file moves or changes."""
-    return Target.from_dict(manifest_target, where, strict=False)
+def target_of(manifest_target: Target, where: str) -> Target:
+    """The target an export was made for, from the copy its manifest holds (checked as a target file
+    is: its name becomes a folder name): a user's own .toml stays known after that file moves."""
+    return Target.from_dict(schema.dump(manifest_target), where, strict=False)

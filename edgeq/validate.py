@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from rich.progress import Progress
 
-from edgeq import procs, report, runner, schema
+from edgeq import procs, report, runner
 from edgeq.config import ValidateConfig
 from edgeq.errors import EdgeqError
 from edgeq.manifest import MANIFEST, Artifact, HostCheck, Latency, Manifest, TargetRun, verify_file
@@ -112,7 +112,7 @@ def validate(folder: str | Path, target: str | Path | None = None, options: Vali
     started = time.perf_counter()
     folder = Path(folder)
     manifest = Manifest.load(folder)
-    spec = load_target(target) if target else target_of(schema.dump(manifest.target), f"{folder / MANIFEST}: target")
+    spec = load_target(target) if target else target_of(manifest.target, f"{folder / MANIFEST}: target")
     limits = replace(spec.thresholds, **options.thresholds.given())
     if manifest.reference is None:
         raise EdgeqError(f"{folder / MANIFEST} has no reference inputs (an export from before edgeq validate): re-export")

@@ -18,7 +18,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 # ReLU6 as torch.export writes it; hardtanh counts only with the bounds (0, 6).
-_RELU6 = (torch.ops.aten.relu6.default, torch.ops.aten.relu6_.default if hasattr(torch.ops.aten, "relu6_") else None)
+_RELU6 = (torch.ops.aten.relu6.default, torch.ops.aten.relu6_.default)
 _HARDTANH = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
 
 
