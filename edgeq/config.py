@@ -24,7 +24,8 @@ from edgeq.errors import EdgeqError
 FORMATS = ("pte", "onnx", "ptl")
 PRECISIONS = ("int8", "fp32")
 METHODS = ("static", "qat")
-BACKENDS = ("qnnpack", "x86")  # quantization configs (see edgeq.quantize)
+BACKENDS = ("qnnpack", "x86")
+CALIBRATIONS = ("histogram", "minmax", "percentile")  # see edgeq.quantize.observers  # quantization configs (see edgeq.quantize)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -37,12 +38,24 @@ class QuantRecipe:
     per_channel: bool = True
     calib_samples: int = 256
     calib_batch: int = 32
+    # How activation ranges are chosen: histogram | minmax | percentile (edgeq.quantize.observers).
+    calibration: str = field(default="histogram", metadata=schema.OMIT)
+    percentile: float = field(default=99.99, metadata=schema.OMIT)
+    # Float-model steps before static quantization (edgeq.quantize.weights): cross-layer
+    # equalization where activations allow it, empirical bias correction on `correction_images`.
+    equalization: bool = field(default=False, metadata=schema.OMIT)
+    bias_correction: bool = field(default=True, metadata=schema.OMIT)
+    correction_images: int = field(default=64, metadata=schema.OMIT)
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
             raise EdgeqError(f"unknown quantization backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.calib_samples < 1 or self.calib_batch < 1:
-            raise EdgeqError("--calib-samples (and the calibration batch) must be at least 1")
+        if self.calib_samples < 1 or self.calib_batch < 1 or self.correction_images < 1:
+            raise EdgeqError("--calib-samples (and the calibration batch, and correction images) must be at least 1")
+        if self.calibration not in CALIBRATIONS:
+            raise EdgeqError(f"unknown calibration method {self.calibration!r}: use one of {', '.join(CALIBRATIONS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise EdgeqError(f"--percentile {self.percentile}: must be above 50 and at most 100 (e.g. 99.99)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

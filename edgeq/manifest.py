@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edgeq import schema
+from edgeq.schema import OMIT
 from edgeq.config import FORMATS, PRECISIONS, ExportConfig, QuantRecipe, TrainConfig
 from edgeq.data import Preprocess
 from edgeq.errors import EdgeqError
@@ -25,7 +26,6 @@ REPORTS = ("report.md", "report.html")
 SCHEMA = 1
 
 
-OMIT = {"omit": True}  # field metadata: left out of manifest.json while at its default (older files lack it)
 
 
 @dataclass
@@ -121,6 +121,28 @@ class DataRecord:
 
 
 @dataclass
+class WeightSteps:
+    """What was done to the float model's weights before static quantization (edgeq.quantize.weights)."""
+
+    images: int = 0  # calibration images the data-driven steps used
+    folded_batchnorms: int = 0
+    equalized_pairs: int | None = None  # None: equalization off
+    not_equalized: dict[str, int] = field(default_factory=dict)  # activation between a pair → pairs left alone
+    bias_corrected_layers: int | None = None  # None: bias correction off
+    skipped: str | None = None  # why none of the steps ran (the model could not be traced)
+
+
+@dataclass
+class LayerError:
+    """One layer's output in the int8 model against the float model's, on the check images."""
+
+    name: str  # the float model's module path (or graph node), in network order
+    op: str  # conv, linear, add, …
+    sqnr_db: float | None  # None: not finite (identical outputs)
+    flow: str  # the quantized model it was measured in (xnnpack, fx, …)
+
+
+@dataclass
 class QatFlow:
     """What a QAT run did for one flow."""
 
@@ -177,6 +199,8 @@ class Manifest:
     timings_s: dict[str, float] = field(default_factory=dict)  # host wall time per pipeline stage
     schema: int = SCHEMA
     recipe: ExportConfig | None = field(default=None, metadata=OMIT)  # the config the export ran with
+    weight_steps: WeightSteps | None = field(default=None, metadata=OMIT)  # static int8 only
+    layers: list[LayerError] = field(default_factory=list, metadata=OMIT)  # per-layer int8 error (static)
 
     def to_dict(self) -> dict[str, Any]:
         return schema.dump(self)

@@ -27,11 +27,12 @@ from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
 from edgeq.export import onnx, pte, ptl
 from edgeq.manifest import (Artifact, CheckImages, DataRecord, ImagesUsed, Manifest, Model, Reference, Training,
-                            check_replaceable, sha256_file, staged_output, write_atomic)
+                            WeightSteps, check_replaceable, sha256_file, staged_output, write_atomic)
 from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
 from edgeq.quantize import quantize_static, quantizer_for
+from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
 from edgeq.validate import compare, validate
 
@@ -75,10 +76,13 @@ class Job:
 
 @dataclass
 class Quantized:
-    """The int8 models per flow, or, for onnxruntime's own flow, the calibration images it quantizes with."""
+    """The int8 models per flow, or, for onnxruntime's own flow, the calibration images it quantizes
+    with and the float model it quantizes (static: with its weights made ready, see weight_steps)."""
 
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     ort_calibration: np.ndarray | None = None
+    ort_source: torch.nn.Module | None = None
+    weight_steps: WeightSteps | None = None
 
 
 @dataclass
@@ -144,7 +148,8 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
                                                           held_out=_held_out(config.method, eval_set)),
                                 eval=ImagesUsed(**eval_set.info(len(check.indices))) if eval_set is not None else None),
                 float_accuracy=float_accuracy, artifacts=artifacts, reference=reference, training=prepared.training,
-                timings_s={k: round(v, 3) for k, v in job.timings.items()}, recipe=config)
+                timings_s={k: round(v, 3) for k, v in job.timings.items()}, recipe=config,
+                weight_steps=prepared.quantized.weight_steps)
             manifest.write(stage)
             report.write(stage, manifest)
 
@@ -171,9 +176,12 @@ def _calibrate(job: Job) -> Prepared:
         chunks.append(images.batch(job.preprocess, indices[i:i + 64]))
         bar.advance(task, len(chunks[-1]))
     calib = np.concatenate(chunks)
+    task = bar.add_task("preparing weights (BN fold, equalization, bias correction)", total=None)
+    source, quantized.weight_steps = ready_for_int8(job.loaded.module, recipe, torch.from_numpy(calib))
+    bar.remove_task(task)
     for flow in job.flows():
         if flow == "ort":  # onnxruntime quantizes the float .onnx at export time, with these images
-            quantized.ort_calibration = calib
+            quantized.ort_calibration, quantized.ort_source = calib, source
             continue
         t0 = time.perf_counter()
         label = f"FX {recipe.backend}, for .ptl" if flow == "fx" else f"PT2E {flow}"
@@ -184,7 +192,7 @@ def _calibrate(job: Job) -> Prepared:
                 yield calib[i:i + recipe.calib_batch]
                 bar.advance(t, len(calib[i:i + recipe.calib_batch]))
 
-        quantized.models[flow] = quantize_static(flow, job.loaded.module, job.loaded.input_shape, recipe, calibration)
+        quantized.models[flow] = quantize_static(flow, source, job.loaded.input_shape, recipe, calibration)
         job.timings[f"quantize_{flow}"] = time.perf_counter() - t0
     return prepared
 
@@ -227,7 +235,8 @@ def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
             path = stage / f"model_{precision}.{fmt}"
             module, shape = job.loaded.module, job.loaded.input_shape
             if precision == "int8" and flow == "ort":  # the float model, quantized by onnxruntime
-                details = onnx.export_ort_quantized(module, shape, path, quantized.ort_calibration, recipe.per_channel)
+                details = onnx.export_ort_quantized(quantized.ort_source or module, shape, path,
+                                                    quantized.ort_calibration, recipe)
             elif fmt == "pte":
                 details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
             elif fmt == "onnx":

@@ -10,6 +10,7 @@ import types
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+OMIT = {"omit": True}  # field metadata: left out of the saved record while at its default (older files lack it)
 
 
 class SchemaError(ValueError):

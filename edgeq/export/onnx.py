@@ -18,9 +18,11 @@ import onnx
 import torch
 from torch import nn
 
+from edgeq.config import QuantRecipe
 from edgeq.errors import EdgeqError
 from edgeq.graph import export_failure
 from edgeq.quantize import export_graph, quiet
+from edgeq.quantize.observers import ort_calibration
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
@@ -39,10 +41,11 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized
 
 
 def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: Path, calib: np.ndarray,
-                         per_channel: bool) -> dict[str, Any]:
+                         recipe: QuantRecipe) -> dict[str, Any]:
     """The float model to ONNX, then onnxruntime's static quantization: quant_pre_process (shape
-    inference, graph optimizations), then quantize_static calibrated (min/max) on `calib`, QDQ with
-    uint8 activations and int8 weights, the pairing onnxruntime's x86 kernels are fastest with."""
+    inference, graph optimizations), then quantize_static calibrated on `calib` with the recipe's
+    method (edgeq.quantize.observers.ort_calibration), QDQ with uint8 activations and int8 weights,
+    the pairing onnxruntime's x86 kernels are fastest with."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
@@ -54,6 +57,7 @@ def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: P
             i = next(self.batches, None)  # one image at a time: the exported graph has batch size 1
             return None if i is None else {"input": calib[i:i + 1]}
 
+    method, options = ort_calibration(recipe.calibration, recipe.percentile)
     with tempfile.TemporaryDirectory(prefix="edgeq-ort-") as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         export(model, input_shape, fp32, quantized=False)
@@ -61,13 +65,14 @@ def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: P
             with quiet():
                 quant_pre_process(str(fp32), str(prepared))
                 quantize_static(str(prepared), str(path), Images(), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                per_channel=recipe.per_channel, calibrate_method=method, extra_options=options)
         except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many types
             raise EdgeqError(f"onnxruntime could not quantize the model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}): export with --backend qnnpack, or leave "
                              ".onnx out with --formats") from None
     details = _checked(onnx.load(str(path)), quantized=True)
-    details["calibration"] = f"min/max over {len(calib)} images"
+    details["calibration"] = f"{method.name} over {len(calib)} images"
     return details
 
 

@@ -26,6 +26,8 @@ from edgeq.errors import EdgeqError
 from edgeq.graph import export_failure
 from edgeq.runner import quantized_engine
 from edgeq.config import QuantRecipe
+from edgeq.quantize.fold import fold_batchnorm, trace
+from edgeq.quantize.observers import WEIGHT_QMAX, WEIGHT_QMIN, activation_observer
 
 Calibration = Callable[[], Iterator[np.ndarray]]  # yields preprocessed batches, N×C×H×W float32
 
@@ -65,11 +67,12 @@ def quantizer_for(fmt: str, backend: str, method: str = "static") -> str:
     return "ort" if method == "static" else "x86"
 
 
-def pt2e_quantizer(name: str, per_channel: bool, qat: bool = False):  # -> torchao Quantizer
+def pt2e_quantizer(name: str, recipe: QuantRecipe, qat: bool = False):  # -> torchao Quantizer
+    per_channel = recipe.per_channel
     if name == "xnnpack":
         from edgeq.quantize.patterns import xnnpack_quantizer
 
-        return xnnpack_quantizer(per_channel, qat)
+        return xnnpack_quantizer(per_channel, qat, None if qat else (recipe.calibration, recipe.percentile))
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
@@ -90,7 +93,7 @@ def prepare(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: Q
     ep = export_graph(copy.deepcopy(model), input_shape, dynamic_batch=True)
     graph = ep.module()
     _split_reused_module_partitions(graph)
-    config = pt2e_quantizer(flow, recipe.per_channel, qat)
+    config = pt2e_quantizer(flow, recipe, qat)
     try:
         with quiet():
             return (prepare_qat_pt2e if qat else prepare_pt2e)(graph, config)
@@ -105,8 +108,10 @@ def convert(flow: str, prepared: nn.Module, recipe: QuantRecipe) -> nn.Module:
         if flow == "fx":
             from torch.ao.quantization.quantize_fx import convert_fx
 
+            from edgeq.quantize.patterns import fx_backend_config
+
             with quantized_engine(recipe.backend):  # weights are packed for the engine set now
-                converted = convert_fx(prepared.eval())
+                converted = convert_fx(prepared.eval(), backend_config=fx_backend_config())
             if recipe.backend == "qnnpack":
                 contiguous_clamps(converted)
             return converted
@@ -130,8 +135,10 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
     from torch.ao.quantization import (QConfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping,
                                        get_default_qconfig, get_default_qconfig_mapping)
     from torch.ao.quantization.fake_quantize import default_per_channel_weight_fake_quant
-    from torch.ao.quantization.observer import default_per_channel_weight_observer
+    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    from edgeq.quantize.patterns import fx_backend_config
 
     if not recipe.per_channel and recipe.backend == "x86":
         raise EdgeqError("the x86 qconfig only has per-channel weights: drop --per-tensor or use --backend qnnpack")
@@ -140,13 +147,21 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
         if recipe.per_channel:  # qnnpack's default is per-tensor; its kernels also take per-channel
             weight = default_per_channel_weight_fake_quant if qat else default_per_channel_weight_observer
             qconfig = QConfig(activation=qconfig.activation, weight=weight)
+        if not qat:  # every format rounds weights alike (see observers.py); the recipe's calibration
+            weight = qconfig.weight.with_args(quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX)
+            activation = activation_observer(HistogramObserver, MinMaxObserver, recipe.calibration,
+                                             recipe.percentile, **qconfig.activation.p.keywords)
+            qconfig = QConfig(activation=activation, weight=weight)
         # The backend's mapping keeps its fixed-qparams configs (sigmoid, hardsigmoid, …).
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(recipe.backend)
         mapping = mapping.set_global(qconfig)
         model = copy.deepcopy(model).train(qat)
         try:
-            traced = _functional_convs_with_lists(torch.fx.symbolic_trace(model))
-            prepared = (prepare_qat_fx if qat else prepare_fx)(traced, mapping, (torch.zeros(input_shape),))
+            traced = trace(model)
+            if not qat:  # FX fuses conv *modules* with BN, not functional convs (see fold.py)
+                fold_batchnorm(traced)
+            prepared = (prepare_qat_fx if qat else prepare_fx)(traced, mapping, (torch.zeros(input_shape),),
+                                                               backend_config=fx_backend_config())
         except Exception as e:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python code
             raise export_failure("FX quantization (symbolic tracing)", e, None) from None
     if not qat:
@@ -154,26 +169,6 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
 
         fx_observe_after_relu6(prepared)
     return prepared
-
-
-_FUNCTIONAL_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
-
-
-def _functional_convs_with_lists(graph: GraphModule) -> GraphModule:
-    """F.conv2d(x, w, b, 2) is valid PyTorch, but FX's quantized conv packs its arguments with
-    conv2d_prepack, which wants every one, as lists: spell them all out, one value per dimension."""
-    for node in graph.graph.nodes:
-        dims = _FUNCTIONAL_CONVS.get(node.target) if node.op == "call_function" else None
-        if dims is None:
-            continue
-        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-        given = {**dict(zip(names, node.args)), **node.kwargs}
-        defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
-        values = [given.get(n, defaults.get(n)) for n in names]
-        node.args = tuple((v,) * dims if 3 <= i <= 5 and isinstance(v, int) else v for i, v in enumerate(values))
-        node.kwargs = {}
-    graph.recompile()
-    return graph
 
 
 _CLAMP_FUNCTIONS = (F.relu6, F.hardtanh, F.hardtanh_, torch.clamp, torch.clamp_)

@@ -57,11 +57,17 @@ def observe_after_relu6(model: GraphModule) -> int:
     return moved
 
 
-def xnnpack_quantizer(per_channel: bool, qat: bool):  # -> XNNPACKQuantizer
-    """The XNNPACK quantizer with the ReLU6 pattern (see the module docstring)."""
+def xnnpack_quantizer(per_channel: bool, qat: bool, calibration: tuple[str, float] | None = None):
+    """The XNNPACK quantizer with the ReLU6 pattern (see the module docstring). `calibration`:
+    (method, percentile) for static quantization's activation observers (edgeq.quantize.observers)."""
+    import dataclasses
+
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                           get_symmetric_quantization_config)
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    from edgeq.quantize.observers import activation_observer
 
     class EdgeqXNNPACKQuantizer(XNNPACKQuantizer):
         def annotate(self, model: GraphModule) -> GraphModule:
@@ -70,7 +76,26 @@ def xnnpack_quantizer(per_channel: bool, qat: bool):  # -> XNNPACKQuantizer
             propagate_annotation(model)
             return model
 
-    return EdgeqXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
+    if calibration is not None:
+        spec = config.input_activation
+        spec = dataclasses.replace(spec, observer_or_fake_quant_ctr=activation_observer(
+            HistogramObserver, MinMaxObserver, *calibration, **spec.observer_or_fake_quant_ctr.p.keywords))
+        config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
+    return EdgeqXNNPACKQuantizer().set_global(config)
+
+
+def is_clamp_06(graph: GraphModule, node: Node) -> bool:
+    """A ReLU6 (or hardtanh(0, 6)) of a torch.fx symbolic trace, module or functional."""
+    if node.op == "call_module":
+        module = graph.get_submodule(str(node.target))
+        return isinstance(module, torch.nn.ReLU6) or \
+            (isinstance(module, torch.nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0))
+    if node.op != "call_function":
+        return False
+    if node.target is torch.nn.functional.relu6:
+        return True
+    return node.target is torch.nn.functional.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0)
 
 
 class _ObservesClamped:
@@ -93,11 +118,7 @@ def fx_observe_after_relu6(model: GraphModule) -> int:
     modules = dict(model.named_modules(remove_duplicate=False))
     changed = 0
     for node in model.graph.nodes:
-        clamp = node.op == "call_module" and isinstance(modules.get(node.target), (torch.nn.ReLU6, torch.nn.Hardtanh))
-        if clamp and isinstance(modules[node.target], torch.nn.Hardtanh):
-            clamp = (modules[node.target].min_val, modules[node.target].max_val) == (0.0, 6.0)
-        clamp = clamp or (node.op == "call_function" and node.target in (torch.nn.functional.relu6,)) or \
-            (node.op == "call_function" and node.target is torch.nn.functional.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0))
+        clamp = is_clamp_06(model, node)
         observer_node = node.args[0] if clamp and node.args else None
         observer = modules.get(observer_node.target) if isinstance(observer_node, Node) and \
             observer_node.op == "call_module" else None
@@ -111,3 +132,19 @@ def fx_observe_after_relu6(model: GraphModule) -> int:
         observer.edgeq_clamp = (0.0, 6.0)
         changed += 1
     return changed
+
+
+def fx_backend_config():  # -> torch.ao BackendConfig
+    """torch.ao's native backend config, plus F.pad as an op whose output shares its input's
+    quantization (as max-pool and ReLU do). Stock FX runs F.pad in float between a dequantize and a
+    new quantize: every TF-"SAME" padded conv then rounds its input twice, on two scales."""
+    import torch.ao.quantization.backend_config.utils  # noqa: F401 - BackendConfig needs it loaded
+    from torch.ao.quantization.backend_config import (BackendPatternConfig, ObservationType,
+                                                      get_native_backend_config)
+
+    config = get_native_backend_config()
+    dtypes = next(c.dtype_configs for c in config.configs if c.pattern is torch.nn.functional.max_pool2d)
+    return config.set_backend_pattern_config(
+        BackendPatternConfig(torch.nn.functional.pad)
+        .set_observation_type(ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT)
+        .set_dtype_configs(dtypes))
