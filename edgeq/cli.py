@@ -14,7 +14,7 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from edgeq import procs
-from edgeq.config import FORMATS, OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides, ValidateConfig
+from edgeq.config import CALIBRATIONS, FORMATS, OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides, ValidateConfig
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest, dumps
 from edgeq.progress import plain_console, progress_bars
@@ -144,6 +144,16 @@ def main() -> None:
 @click.option("--formats", callback=_names, default=",".join(FORMATS), show_default=True)
 @click.option("--precisions", callback=_names, default="int8,fp32", show_default=True)
 @click.option("--per-tensor", is_flag=True, help="per-tensor weights instead of per-channel")
+@click.option("--calibration", type=click.Choice(CALIBRATIONS), default="histogram", show_default=True,
+              help="how activation ranges are chosen (static)")
+@click.option("--percentile", type=float, default=99.99, show_default=True,
+              help="--calibration percentile: clip each activation at this percentile")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="static: take the mean error of int8 weight rounding out through each layer's bias")
+@click.option("--equalization/--no-equalization", default=False, show_default=True,
+              help="static: cross-layer equalization of conv pairs joined by ReLU (not ReLU6)")
+@click.option("--correction-images", type=int, default=64, show_default=True,
+              help="calibration images bias correction uses")
 @click.option("--mean", callback=_numbers(float), default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", callback=_numbers(float), default=None, help="per-channel std")
 @click.option("--resize", type=int, default=None, help="resize the shorter side to this, then center-crop")
@@ -180,7 +190,10 @@ def export_cmd(ctx: click.Context, recipe: Path | None, out: Path, as_json: bool
 EXPORT_FLAGS = {
     "model": "model", "weights": "weights", "input_shape": "input_shape", "target": "target", "method": "method",
     "backend": "quantization.backend", "calib_samples": "quantization.calib_samples",
-    "per_tensor": "quantization.per_channel", "calib_data": "data.calib", "train_data": "data.train",
+    "per_tensor": "quantization.per_channel", "calibration": "quantization.calibration",
+    "percentile": "quantization.percentile", "bias_correction": "quantization.bias_correction",
+    "equalization": "quantization.equalization", "correction_images": "quantization.correction_images",
+    "calib_data": "data.calib", "train_data": "data.train",
     "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats", "precisions": "precisions",
     "mean": "preprocess.mean", "std": "preprocess.std", "resize": "preprocess.resize",
     "checkpoint_dir": "checkpoint_dir", "resume": "resume", "validate_on_target": "validate",

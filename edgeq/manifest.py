@@ -134,12 +134,19 @@ class WeightSteps:
 
 @dataclass
 class LayerError:
-    """One layer's output in the int8 model against the float model's, on the check images."""
+    """One layer output of the int8 model against the float model's (edgeq.quantize.numerics)."""
 
-    name: str  # the float model's module path (or graph node), in network order
-    op: str  # conv, linear, add, …
-    sqnr_db: float | None  # None: not finite (identical outputs)
-    flow: str  # the quantized model it was measured in (xnnpack, fx, …)
+    node: str  # the op in the torch.export graph: conv2d_7, add_2, …
+    module: str  # the float model's module path it belongs to
+    op: str  # conv2d, linear, add, relu6, …
+    sqnr_db: float | None  # None: identical outputs (no error to measure)
+
+
+@dataclass
+class LayerNumerics:
+    flow: str  # the int8 model measured (xnnpack: the graph the .pte is lowered from)
+    images: int  # held-out images
+    layers: list[LayerError] = field(default_factory=list)  # in network order
 
 
 @dataclass
@@ -200,7 +207,7 @@ class Manifest:
     schema: int = SCHEMA
     recipe: ExportConfig | None = field(default=None, metadata=OMIT)  # the config the export ran with
     weight_steps: WeightSteps | None = field(default=None, metadata=OMIT)  # static int8 only
-    layers: list[LayerError] = field(default_factory=list, metadata=OMIT)  # per-layer int8 error (static)
+    layer_numerics: LayerNumerics | None = field(default=None, metadata=OMIT)  # per-layer int8 error
 
     def to_dict(self) -> dict[str, Any]:
         return schema.dump(self)

@@ -27,11 +27,12 @@ from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
 from edgeq.export import onnx, pte, ptl
 from edgeq.manifest import (Artifact, CheckImages, DataRecord, ImagesUsed, Manifest, Model, Reference, Training,
-                            WeightSteps, check_replaceable, sha256_file, staged_output, write_atomic)
+                            LayerNumerics, WeightSteps, check_replaceable, sha256_file, staged_output, write_atomic)
 from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
-from edgeq.quantize import quantize_static, quantizer_for
+from edgeq.quantize import export_graph, quantize_static, quantizer_for
+from edgeq.quantize.numerics import layer_errors
 from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
 from edgeq.validate import compare, validate
@@ -44,6 +45,7 @@ QUANTIZER_NAMES = {"xnnpack": "PT2E XNNPACKQuantizer", "x86": "PT2E X86InductorQ
 REFERENCE = "reference.npz"  # inputs + float outputs for validation on targets
 REFERENCE_SAMPLES = 1000  # enough to judge accuracy within a point (see validate.MIN_ACCURACY_SAMPLES)
 REFERENCE_BYTES = 16 << 20  # at 224×224×3 that is 26 inputs
+LAYER_NUMERICS_IMAGES = 16  # held-out images: enough to rank layers
 CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory at 224×224)
 
 
@@ -130,6 +132,7 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
             return None
         check = prepared.check
 
+        numerics = _layer_numerics(job, prepared)
         with staged_output(out, before_replace=lambda: check_output_folder(out, inputs)) as stage:
             artifacts = _export_all(job, prepared.quantized, stage)
             t0 = time.perf_counter()
@@ -149,7 +152,7 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
                                 eval=ImagesUsed(**eval_set.info(len(check.indices))) if eval_set is not None else None),
                 float_accuracy=float_accuracy, artifacts=artifacts, reference=reference, training=prepared.training,
                 timings_s={k: round(v, 3) for k, v in job.timings.items()}, recipe=config,
-                weight_steps=prepared.quantized.weight_steps)
+                weight_steps=prepared.quantized.weight_steps, layer_numerics=numerics)
             manifest.write(stage)
             report.write(stage, manifest)
 
@@ -222,6 +225,22 @@ def _train(job: Job, world: qat.World) -> Prepared:
     return Prepared(quantized, check, split.images, used, training)
 
 
+def _layer_numerics(job: Job, prepared: Prepared) -> LayerNumerics | None:
+    """Per-layer SQNR of the PT2E int8 model (the .pte's graph) on a few held-out images."""
+    flow = next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None)
+    if flow is None:
+        return None
+    t0 = time.perf_counter()
+    task = job.bar.add_task("per-layer numerics", total=None)
+    check = prepared.check
+    images = check.images.batch(job.preprocess, list(check.indices)[:LAYER_NUMERICS_IMAGES])
+    reference = export_graph(job.loaded.module, job.loaded.input_shape, dynamic_batch=True).module()
+    numerics = layer_errors(reference, prepared.quantized.models[flow], images, flow)
+    job.bar.remove_task(task)
+    job.timings["layer_numerics"] = time.perf_counter() - t0
+    return numerics
+
+
 def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
     """Every format × precision into `stage`, each with its file's size and sha256."""
     bar, recipe = job.bar, job.recipe
@@ -247,6 +266,9 @@ def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
                                      recipe.backend)
             if precision == "int8":
                 details["quantizer"] = QUANTIZER_NAMES[flow].format(backend=recipe.backend)
+                if job.config.method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator
+                    details["calibration"] = recipe.calibration + \
+                        (f" {recipe.percentile}" if recipe.calibration == "percentile" else "")
             job.timings[f"export_{precision}_{fmt}"] = time.perf_counter() - t0
             artifacts.append(Artifact(format=fmt, precision=precision, path=path.name, bytes=path.stat().st_size,
                                       sha256=sha256_file(path), details=details))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.manifest import REPORTS, Manifest, write_atomic
+from edgeq.manifest import REPORTS, LayerError, LayerNumerics, Manifest, WeightSteps, write_atomic
 
 REPORT_MD, REPORT_HTML = REPORTS
 DASH = "–"
@@ -74,11 +74,41 @@ def notes(m: Manifest) -> list[str]:
         lines.append(f"QAT {flow.flow}: {len(flow.epochs)} epochs in {flow.seconds:.0f} s on "
                      f"{m.training.device} × {m.training.processes} process(es); best epoch {flow.best_epoch} "
                      f"({best} on {m.data.validation} held-out training images).")
+    steps = m.weight_steps
+    if steps is not None:
+        lines.append(_weight_steps_note(steps))
+    if m.layer_numerics and m.layer_numerics.layers:
+        drops = ", ".join(f"{e.module or e.node} {e.op} ({drop:+.1f} dB)" for e, drop in entry_points(m.layer_numerics)[:3])
+        lines.append(f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} held-out images): "
+                     f"{len(m.layer_numerics.layers)} layer outputs compared; the largest SQNR drops: {drops}.")
     if "total" in m.timings_s:
         validations = [f"validation on {k[len('validate_'):]} {v:.0f} s" for k, v in m.timings_s.items()
                        if k.startswith("validate_")]
         lines.append("; ".join([f"Export took {m.timings_s['total']:.0f} s on the host", *validations]) + ".")
     return lines
+
+
+def _weight_steps_note(steps: WeightSteps) -> str:
+    if steps.skipped:
+        return f"Before int8: no weight steps ({steps.skipped})."
+    done = [f"{steps.folded_batchnorms} BatchNorms folded"]
+    if steps.equalized_pairs is not None:
+        left = ", ".join(f"{n} behind {act}" for act, n in steps.not_equalized.items())
+        done.append(f"{steps.equalized_pairs} conv pairs equalized" + (f" (not equalized: {left})" if left else ""))
+    if steps.bias_corrected_layers is not None:
+        done.append(f"bias corrected in {steps.bias_corrected_layers} layers on {steps.images} calibration images")
+    return "Before int8: " + "; ".join(done) + "."
+
+
+def entry_points(numerics: LayerNumerics) -> list[tuple[LayerError, float]]:
+    """Layers by how much SQNR fell at them (from the layer before), largest fall first."""
+    drops, before = [], None
+    for e in numerics.layers:
+        if e.sqnr_db is None:
+            continue
+        drops.append((e, e.sqnr_db - before if before is not None else 0.0))
+        before = e.sqnr_db
+    return sorted(drops, key=lambda d: d[1])
 
 
 def print_terminal(m: Manifest, console: Any = None) -> None:
@@ -110,6 +140,13 @@ def markdown(m: Manifest) -> str:
             parts.append("| " + " | ".join([*cells, {True: "✅", False: "❌ **fail**", None: DASH}[ok]]) + " |")
         parts.append("")
     parts += [f"- {line}" for line in notes(m)]
+    if m.layer_numerics and m.layer_numerics.layers:
+        parts += ["", f"<details><summary>Per-layer SQNR of the int8 model ({m.layer_numerics.flow}) against the "
+                  "float model, in network order</summary>", "", "| # | module | op | node | SQNR dB |",
+                  "|---:|---|---|---|---:|"]
+        parts += [f"| {i} | {e.module} | {e.op} | {e.node} | {_db(e.sqnr_db)} |"
+                  for i, e in enumerate(m.layer_numerics.layers)]
+        parts += ["", "</details>", ""]
     parts.append(f"- edgeq {m.edgeq_version}, torch {m.versions.get('torch')}, executorch {m.versions.get('executorch')}, "
                  f"onnxruntime {m.versions.get('onnxruntime')}; created {m.created}.")
     return "\n".join(parts) + "\n"
@@ -192,6 +229,23 @@ def plots(m: Manifest) -> list[tuple[str, str]]:
         ax.invert_yaxis()
         ax.set_xlabel("million guest instructions per inference (QEMU insn plugin)")
         figures.append(("Instructions per inference on the emulated CPUs (load-independent)", fig))
+
+    layers = m.layer_numerics.layers if m.layer_numerics else []
+    if layers:
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        x = list(range(len(layers)))
+        ax.plot(x, [e.sqnr_db if e.sqnr_db is not None else float("nan") for e in layers], color="tab:blue", lw=1)
+        for op in dict.fromkeys(e.op for e in layers):
+            pts = [(i, e.sqnr_db) for i, e in enumerate(layers) if e.op == op and e.sqnr_db is not None]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, label=op)
+        for e, drop in entry_points(m.layer_numerics)[:3]:
+            i = layers.index(e)
+            ax.annotate(e.module or e.node, (i, e.sqnr_db), textcoords="offset points", xytext=(4, -12), fontsize=7)
+        ax.set_xlabel("layer output, in network order")
+        ax.set_ylabel("SQNR vs float (dB)")
+        ax.legend(fontsize=7, ncol=4)
+        figures.append((f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} held-out images): "
+                        "where SQNR falls, error enters", fig))
 
     checked = [a for a in m.artifacts if a.host_check]
     if checked:

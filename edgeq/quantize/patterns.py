@@ -136,8 +136,9 @@ def fx_observe_after_relu6(model: GraphModule) -> int:
 
 def fx_backend_config():  # -> torch.ao BackendConfig
     """torch.ao's native backend config, plus F.pad as an op whose output shares its input's
-    quantization (as max-pool and ReLU do). Stock FX runs F.pad in float between a dequantize and a
-    new quantize: every TF-"SAME" padded conv then rounds its input twice, on two scales."""
+    observer (as max-pool and ReLU do). Stock FX gives F.pad's output an observer of its own: every
+    TF-"SAME" padded conv then rounds its input twice, on two scales. With one observer, the
+    dequantize → pad → quantize that FX still writes around the pad is exact."""
     import torch.ao.quantization.backend_config.utils  # noqa: F401 - BackendConfig needs it loaded
     from torch.ao.quantization.backend_config import (BackendPatternConfig, ObservationType,
                                                       get_native_backend_config)

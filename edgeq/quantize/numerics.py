@@ -1,0 +1,98 @@
+"""Per-layer numerics: where int8 error enters. Each layer output of the int8 model (PT2E, the graph
+the .pte is lowered from) is compared with the same output of the float model, on held-out images,
+as SQNR in dB. Error accumulates, so SQNR falls along the network; a layer where it drops sharply
+is where to look (its range, its weights, or leave it float).
+
+Both graphs come from torch.export of the same model, so an op keeps its name in both (conv2d_7,
+add_2, …). A conv whose float output feeds a BatchNorm is compared at the BatchNorm's output: the
+int8 graph has folded it into the conv. Names shown are the float model's module paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.fx import GraphModule, Interpreter, Node
+
+from edgeq.manifest import LayerError, LayerNumerics
+
+# Ops whose output is a layer's output (views, getitems and Q/DQ are not).
+_LAYER_OPS = {"conv1d", "conv2d", "conv3d", "linear", "add", "mul", "cat", "relu", "relu6", "hardtanh", "hardswish",
+              "hardsigmoid", "sigmoid", "silu", "gelu", "mean", "avg_pool2d", "adaptive_avg_pool2d", "max_pool2d",
+              "matmul", "softmax"}
+_BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
+BATCH = 4
+
+
+def op_name(node: Node) -> str:
+    """aten.hardtanh_.default → hardtanh."""
+    name = str(node.target).split(".")[1] if str(node.target).startswith("aten.") else str(node.target)
+    return name.rstrip("_")
+
+
+def compared_nodes(reference: GraphModule, quantized: GraphModule) -> dict[str, tuple[str, str, str]]:
+    """int8 node name → (float node name holding the same value, module path, op), in network order."""
+    names = {n.name for n in quantized.graph.nodes}
+    found = {}
+    for node in reference.graph.nodes:
+        op = op_name(node) if node.op == "call_function" else ""
+        if op not in _LAYER_OPS or node.name not in names:
+            continue
+        holder = node
+        users = list(node.users)
+        if len(users) == 1 and op_name(users[0]) in _BATCH_NORMS:
+            holder = users[0]
+            getitems = [u for u in holder.users if op_name(u) == "getitem" and u.args[1] == 0]
+            holder = getitems[0] if op_name(holder).startswith("_native") and getitems else holder
+        stack = node.meta.get("nn_module_stack")
+        path = list(stack.values())[-1][0] if stack else node.name
+        found[node.name] = (holder.name, path or node.name, op)
+    return found
+
+
+class _Capture(Interpreter):
+    """Runs a graph and keeps the outputs of the named nodes."""
+
+    def __init__(self, graph: GraphModule, names: set[str]) -> None:
+        super().__init__(graph)
+        self.names, self.values = names, {}
+
+    def run_node(self, n: Node):  # noqa: ANN201 - whatever the node returns
+        out = super().run_node(n)
+        if n.name in self.names and isinstance(out, torch.Tensor):
+            self.values[n.name] = out.detach().double()
+        return out
+
+
+@torch.no_grad()
+def layer_errors(reference: nn.Module, quantized: GraphModule, images: np.ndarray, flow: str) -> LayerNumerics:
+    """SQNR of every layer output of `quantized` against `reference` (both torch.export graphs of the
+    model; `reference` float) on `images`, in network order."""
+    if not isinstance(reference, GraphModule):
+        raise TypeError("the float reference must be a torch.export graph module")
+    pairs = compared_nodes(reference, quantized)
+    signal = {name: 0.0 for name in pairs}
+    noise = {name: 0.0 for name in pairs}
+    for i in range(0, len(images), BATCH):
+        x = torch.from_numpy(images[i:i + BATCH])
+        floats = _Capture(reference, {holder for holder, _, _ in pairs.values()})
+        floats.run(x)
+        ints = _Capture(quantized, set(pairs))
+        ints.run(x)
+        for name, (holder, _, _) in pairs.items():
+            f, q = floats.values.get(holder), ints.values.get(name)
+            if f is None or q is None or f.shape != q.shape:
+                continue
+            signal[name] += float((f ** 2).sum())
+            noise[name] += float(((f - q) ** 2).sum())
+    numerics = LayerNumerics(flow=flow, images=len(images))
+    for name, (_, path, op) in pairs.items():
+        if signal[name] == 0.0 and noise[name] == 0.0:
+            continue
+        sqnr = 10 * math.log10(signal[name] / noise[name]) if noise[name] > 0 and signal[name] > 0 else None
+        numerics.layers.append(LayerError(node=name, module=path, op=op,
+                                          sqnr_db=None if sqnr is None else round(sqnr, 2)))
+    return numerics
