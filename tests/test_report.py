@@ -24,7 +24,10 @@ def test_export_writes_reports_with_every_artifact(builtin_export):
         assert md.count(f"| {key} |") == 2  # host check and the arm64 table
         assert html.count(f"<td>{key}</td>") == 2
     assert "On arm64: aarch64" in md and "not device time" in md
-    assert html.count("src='data:image/png;base64,") == 3  # size, latency, accuracy against size
+    # size, latency, per-layer SQNR, accuracy against size
+    assert html.count("src='data:image/png;base64,") == 4
+    layers = manifest["layer_numerics"]["layers"]
+    assert "Per-layer SQNR of the int8 model" in md and md.count(" | conv2d | ") == sum(e["op"] == "conv2d" for e in layers)
     assert "http://" not in html and "https://" not in html  # self-contained
 
 
@@ -35,7 +38,7 @@ def test_html_renders_in_headless_chromium(builtin_export, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     widths = [int(w) for w in __import__("re").findall(r'data-rendered-width="(\d+)"', dom)]
-    assert len(widths) == 3 and all(w >= 400 for w in widths), widths  # every plot decoded and laid out
+    assert len(widths) == 4 and all(w >= 400 for w in widths), widths  # every plot decoded and laid out
     shot = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)

@@ -8,6 +8,8 @@ Q/DQ that an optimizer pass may have dropped.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -62,7 +64,7 @@ def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: P
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         export(model, input_shape, fp32, quantized=False)
         try:
-            with quiet():
+            with quiet(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
                 quant_pre_process(str(fp32), str(prepared))
                 quantize_static(str(prepared), str(path), Images(), quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

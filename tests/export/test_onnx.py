@@ -5,6 +5,7 @@ import onnx as onnx_lib
 import pytest
 import torch
 
+from edgeq.config import QuantRecipe
 from edgeq.errors import EdgeqError
 from edgeq.runner import load
 from edgeq.export import onnx
@@ -40,8 +41,8 @@ def test_x86_onnx_is_quantized_by_onnxruntime_and_fuses_into_integer_kernels(tmp
     m = load_model()
     images = fashion_mnist("train")
     calib = images.batch(Preprocess.default_for(m.input_shape, grayscale_stats=True), range(64))
-    details = onnx.export_ort_quantized(m.module, m.input_shape, tmp_path / "q.onnx", calib, per_channel=True)
-    assert details["quantize_linear"] > 0 and details["calibration"] == "min/max over 64 images"
+    details = onnx.export_ort_quantized(m.module, m.input_shape, tmp_path / "q.onnx", calib, QuantRecipe(backend="x86"))
+    assert details["quantize_linear"] > 0 and details["calibration"] == "Entropy over 64 images"
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
