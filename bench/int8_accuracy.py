@@ -2,13 +2,15 @@
 
     .venv/bin/python -m bench.int8_accuracy            # Lite1, Lite2, the built-in model (~40 min here)
     .venv/bin/python -m bench.int8_accuracy --models builtin
+    .venv/bin/python -m bench.train_fashion && .venv/bin/python -m bench.int8_accuracy --models fashion-mbv3
 
 For each model: the float model, the plain flows a user would write from the docs, and edgeq's export
 with its default and with each method switched, per int8 format. Every artifact is run with its own
 runtime on the host on the same held-out images: logit SQNR and top-1 agreement against the float
 model, and top-1 accuracy on labelled images (20 foolbox ImageNet photos; 2,000 Fashion-MNIST test
-images for the built-in model). Calibration: 12 natural photos (Lite), 256 Fashion-MNIST training
-images (built-in).
+images for the Fashion-MNIST nets). Calibration: 12 natural photos (Lite), 256 Fashion-MNIST training
+images (Fashion-MNIST nets: the built-in model and a torchvision mobilenet_v3_small trained by
+bench.train_fashion, with hardswish and squeeze-excite).
 
 Plain flows: .pte: torch.export → stock XNNPACKQuantizer (per-channel) → convert →
 to_edge_transform_and_lower; .onnx: the same converted graph through the dynamo ONNX exporter;
@@ -55,6 +57,18 @@ def model_setups(names: list[str], work: Path) -> list[dict]:
     calib, check = calibration_photos(work / "calib"), foolbox_photos(work / "check")
     labels = foolbox_labels(check)
     for name in names:
+        if name == "fashion-mbv3":  # trained by bench.train_fashion
+            from bench.train_fashion import SHAPE, SOURCE, WEIGHTS
+
+            loaded = load_model(SOURCE, WEIGHTS, SHAPE)
+            preprocess = Preprocess.default_for(SHAPE, grayscale_stats=False)
+            test = fashion_mnist("test")
+            setups.append(dict(name="torchvision mobilenet_v3_small (Fashion-MNIST, trained here)", source=SOURCE,
+                               weights=str(WEIGHTS), input_shape=SHAPE, loaded=loaded, preprocess=preprocess,
+                               calib_data="fashion-mnist", calib_samples=256, eval_data=None,
+                               check_images=test.batch(preprocess, range(2000)), labels=test.labels[:2000],
+                               overrides=PreprocessOverrides()))
+            continue
         if name == "builtin":
             loaded = load_model(None)
             preprocess = Preprocess.default_for(loaded.input_shape, grayscale_stats=True)
@@ -148,7 +162,8 @@ def edgeq_variant(setup: dict, changes: dict, out: Path, reference: np.ndarray) 
     from edgeq.pipeline import export
 
     recipe = replace(QuantRecipe(), calib_samples=setup["calib_samples"], **changes)
-    config = ExportConfig(model=setup["source"], weights=setup["weights"], precisions=("int8",), validate=False,
+    config = ExportConfig(model=setup["source"], weights=setup["weights"], input_shape=setup.get("input_shape"),
+                          precisions=("int8",), validate=False,
                           quantization=recipe, data=DataConfig(calib=setup["calib_data"], eval=setup["eval_data"]),
                           preprocess=setup["overrides"])
     manifest = export(out, config, progress=False)
@@ -163,7 +178,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="lite1,lite2,builtin")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--table", action="store_true", help="print the table from the saved results only")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-int8-") as tmp:
         work = Path(tmp)
@@ -197,7 +216,7 @@ def table(results: dict) -> str:
             cells = []
             for fmt in ("pte", "onnx", "ptl"):
                 r = formats.get(fmt, {})
-                cells.append(r["error"][:60] if "error" in r else
+                cells.append(f"crashed ({r['error'][:48]}…)" if "error" in r else
                              f"{r['sqnr_db']:.1f} dB / {r['agreement']:.0%} / {r['accuracy']:.1%}" if r else "–")
             seconds = max((r.get("export_s", 0) for r in formats.values() if isinstance(r, dict)), default=0)
             lines.append(f"| | {flow} | " + " | ".join(cells) + f" | {seconds:.0f} |")
