@@ -152,8 +152,10 @@ def main() -> None:
               help="static: take the mean error of int8 weight rounding out through each layer's bias")
 @click.option("--equalization/--no-equalization", default=False, show_default=True,
               help="static: cross-layer equalization of conv pairs joined by ReLU (not ReLU6)")
+@click.option("--adaround/--no-adaround", default=False, show_default=True,
+              help="static: learn each weight's rounding on the calibration images (minutes on a CPU)")
 @click.option("--correction-images", type=int, default=64, show_default=True,
-              help="calibration images bias correction uses")
+              help="calibration images bias correction and AdaRound use")
 @click.option("--mean", callback=_numbers(float), default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", callback=_numbers(float), default=None, help="per-channel std")
 @click.option("--resize", type=int, default=None, help="resize the shorter side to this, then center-crop")
@@ -192,7 +194,8 @@ EXPORT_FLAGS = {
     "backend": "quantization.backend", "calib_samples": "quantization.calib_samples",
     "per_tensor": "quantization.per_channel", "calibration": "quantization.calibration",
     "percentile": "quantization.percentile", "bias_correction": "quantization.bias_correction",
-    "equalization": "quantization.equalization", "correction_images": "quantization.correction_images",
+    "equalization": "quantization.equalization", "adaround": "quantization.adaround",
+    "correction_images": "quantization.correction_images",
     "calib_data": "data.calib", "train_data": "data.train",
     "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats", "precisions": "precisions",
     "mean": "preprocess.mean", "std": "preprocess.std", "resize": "preprocess.resize",

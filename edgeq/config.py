@@ -42,8 +42,10 @@ class QuantRecipe:
     calibration: str = field(default="histogram", metadata=schema.OMIT)
     percentile: float = field(default=99.99, metadata=schema.OMIT)
     # Float-model steps before static quantization (edgeq.quantize.weights): cross-layer
-    # equalization where activations allow it, empirical bias correction on `correction_images`.
+    # equalization where activations allow it, AdaRound, empirical bias correction; the data-driven
+    # ones on `correction_images` calibration images.
     equalization: bool = field(default=False, metadata=schema.OMIT)
+    adaround: bool = field(default=False, metadata=schema.OMIT)
     bias_correction: bool = field(default=True, metadata=schema.OMIT)
     correction_images: int = field(default=64, metadata=schema.OMIT)
 

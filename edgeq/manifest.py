@@ -128,6 +128,7 @@ class WeightSteps:
     folded_batchnorms: int = 0
     equalized_pairs: int | None = None  # None: equalization off
     not_equalized: dict[str, int] = field(default_factory=dict)  # activation between a pair → pairs left alone
+    adarounded_layers: int | None = None  # None: AdaRound off
     bias_corrected_layers: int | None = None  # None: bias correction off
     skipped: str | None = None  # why none of the steps ran (the model could not be traced)
 

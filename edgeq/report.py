@@ -95,8 +95,12 @@ def _weight_steps_note(steps: WeightSteps) -> str:
     if steps.equalized_pairs is not None:
         left = ", ".join(f"{n} behind {act}" for act, n in steps.not_equalized.items())
         done.append(f"{steps.equalized_pairs} conv pairs equalized" + (f" (not equalized: {left})" if left else ""))
+    if steps.adarounded_layers is not None:
+        done.append(f"AdaRound in {steps.adarounded_layers} layers")
     if steps.bias_corrected_layers is not None:
-        done.append(f"bias corrected in {steps.bias_corrected_layers} layers on {steps.images} calibration images")
+        done.append(f"bias corrected in {steps.bias_corrected_layers} layers")
+    if steps.images:
+        done.append(f"on {steps.images} calibration images")
     return "Before int8: " + "; ".join(done) + "."
 
 

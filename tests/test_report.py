@@ -29,7 +29,7 @@ def test_export_writes_reports_with_every_artifact(builtin_export):
     layers = manifest["layer_numerics"]["layers"]
     steps = manifest["weight_steps"]  # the built-in model: 22 conv+BN pairs, 23 layers with a bias
     assert (steps["folded_batchnorms"], steps["bias_corrected_layers"], steps["equalized_pairs"]) == (22, 23, None)
-    assert "Before int8: 22 BatchNorms folded; bias corrected in 23 layers" in md
+    assert "Before int8: 22 BatchNorms folded; bias corrected in 23 layers; on 64 calibration images" in md
     assert {a["details"]["calibration"] for a in manifest["artifacts"] if a["precision"] == "int8"} == {"histogram"}
     assert "Per-layer SQNR of the int8 model" in md and md.count(" | conv2d | ") == sum(e["op"] == "conv2d" for e in layers)
     assert "http://" not in html and "https://" not in html  # self-contained

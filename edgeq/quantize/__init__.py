@@ -11,8 +11,8 @@ x86 qconfig for FX (.pte keeps the XNNPACK quantizer: see quantizer_for).
 The package, a module per concern:
 - patterns.py: quantization points where the runtimes fuse (ReLU6 after the clamp; F.pad in FX).
 - observers.py: calibration methods (histogram, min-max, percentile) and the one weight grid.
-- fold.py, equalize.py, bias_correction.py, weights.py: the float model's weights made ready for
-  int8 before static quantization (BN fold, cross-layer equalization, bias correction).
+- fold.py, equalize.py, adaround.py, bias_correction.py, weights.py: the float model's weights
+  made ready for int8 before static quantization (BN fold, equalization, AdaRound, bias correction).
 - numerics.py: per-layer SQNR of the int8 model against the float model.
 """
 

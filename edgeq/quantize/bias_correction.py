@@ -15,17 +15,40 @@ differs per flow, and its mean error is small next to the weights'.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
-from edgeq.quantize.fold import attribute, layers
+from edgeq.quantize.fold import Layer, attribute, layers
 from edgeq.quantize.observers import fake_quantize_weight
 
 
 @torch.no_grad()
 def correct_bias(graph: GraphModule, images: torch.Tensor, per_channel: bool) -> int:
     """Correct every conv/linear bias of a BN-folded graph, in place. Returns how many layers."""
+
+    def correct(layer: Layer, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight, bias = layer.weight, layer.bias
+        out = layer.run(x, fake_quantize_weight(weight, per_channel), bias)
+        channel = out.dim() - 1 if layer.is_linear else 1
+        shift = (target - out).movedim(channel, 0).reshape(out.shape[channel], -1).mean(1)
+        layer.set(weight, shift if bias is None else bias + shift)
+        return out + shift.view(-1, *[1] * (out.dim() - channel - 1))
+
+    return run_rounded(graph, images, correct)
+
+
+Visit = Callable[[Layer, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def run_rounded(graph: GraphModule, images: torch.Tensor, visit: Visit) -> int:
+    """Run the graph twice side by side on `images`: as it is (float), and with its conv/linear weights
+    int8-rounded as `visit` decides. At each layer, `visit(layer, rounded input, float output)` may
+    change the layer and returns its output in the rounded network. Returns how many layers it
+    visited. (Bias correction and AdaRound both walk the network this way.)"""
     by_node = {layer.node: layer for layer in layers(graph)}
     last_use: dict[Node, Node] = {}
     for node in graph.graph.nodes:
@@ -33,7 +56,6 @@ def correct_bias(graph: GraphModule, images: torch.Tensor, per_channel: bool) ->
             last_use[used] = node
     floats: dict[Node, object] = {}
     rounded: dict[Node, object] = {}
-    corrected = 0
     for node in list(graph.graph.nodes):
         if node.op == "output":
             break
@@ -42,22 +64,14 @@ def correct_bias(graph: GraphModule, images: torch.Tensor, per_channel: bool) ->
             continue
         floats[node] = _run(graph, node, floats)
         layer = by_node.get(node)
-        if layer is None:
-            rounded[node] = _run(graph, node, rounded)
-        else:
-            weight, bias = layer.weight, layer.bias
-            out = layer.run(rounded[node.args[0]], fake_quantize_weight(weight, per_channel), bias)
-            channel = out.dim() - 1 if layer.is_linear else 1
-            shift = (floats[node] - out).movedim(channel, 0).reshape(out.shape[channel], -1).mean(1)
-            layer.set(weight, shift if bias is None else bias + shift)
-            rounded[node] = out + shift.view(-1, *[1] * (out.dim() - channel - 1))
-            corrected += 1
+        rounded[node] = _run(graph, node, rounded) if layer is None else \
+            visit(layer, rounded[node.args[0]], floats[node])  # type: ignore[arg-type]
         for used in node.all_input_nodes:
             if last_use.get(used) is node:
                 floats.pop(used, None)
                 rounded.pop(used, None)
     graph.recompile()
-    return corrected
+    return len(by_node)
 
 
 def _run(graph: GraphModule, node: Node, env: dict[Node, object]) -> object:

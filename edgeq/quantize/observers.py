@@ -19,10 +19,15 @@ import torch
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 
 
+def weight_scale(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """The int8 step of a weight, per output channel (broadcastable) or for the whole tensor."""
+    dims = tuple(range(1, weight.dim())) if per_channel else tuple(range(weight.dim()))
+    return (weight.abs().amax(dim=dims, keepdim=True) / WEIGHT_QMAX).clamp(min=2 ** -12)
+
+
 def fake_quantize_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """The weight as the runtimes will hold it: round-to-nearest onto the symmetric int8 grid."""
-    dims = tuple(range(1, weight.dim())) if per_channel else tuple(range(weight.dim()))
-    scale = (weight.abs().amax(dim=dims, keepdim=True) / WEIGHT_QMAX).clamp(min=2 ** -12)
+    scale = weight_scale(weight, per_channel)
     return (weight / scale).round().clamp(WEIGHT_QMIN, WEIGHT_QMAX) * scale
 
 

@@ -1,5 +1,5 @@
 """The float model's weights made ready for int8, before any flow quantizes them: BatchNorm folded,
-cross-layer equalization (opt-in), empirical bias correction (default). One traced copy serves
+cross-layer equalization (opt-in), AdaRound (opt-in), empirical bias correction (default). One traced copy serves
 every static flow (.pte, .onnx, .ptl), so each rounds the same weights and gets the same biases.
 The float artifacts and the reference outputs keep the model as given."""
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from edgeq.config import QuantRecipe
 from edgeq.manifest import WeightSteps
+from edgeq.quantize.adaround import adaround
 from edgeq.quantize.bias_correction import correct_bias
 from edgeq.quantize.equalize import equalize
 from edgeq.quantize.fold import fold_batchnorm, trace
@@ -20,7 +21,7 @@ from edgeq.quantize.fold import fold_batchnorm, trace
 def ready_for_int8(model: nn.Module, recipe: QuantRecipe, images: torch.Tensor) -> tuple[nn.Module, WeightSteps]:
     """The model to quantize, and what was done. With both steps off, the model as given.
     A model torch.fx cannot trace is returned as given, with the reason."""
-    if not (recipe.equalization or recipe.bias_correction):
+    if not (recipe.equalization or recipe.adaround or recipe.bias_correction):
         return model, WeightSteps()
     try:
         graph = trace(copy.deepcopy(model).eval())
@@ -31,8 +32,11 @@ def ready_for_int8(model: nn.Module, recipe: QuantRecipe, images: torch.Tensor) 
     if recipe.equalization:
         done = equalize(graph)
         steps.equalized_pairs, steps.not_equalized = done.pairs, done.skipped
-    if recipe.bias_correction:
-        used = images[:recipe.correction_images]
+    used = images[:recipe.correction_images]
+    if recipe.adaround:
+        steps.images = len(used)
+        steps.adarounded_layers = adaround(graph, used, recipe.per_channel)
+    if recipe.bias_correction:  # after AdaRound: what mean error its rounding leaves
         steps.images = len(used)
         steps.bias_corrected_layers = correct_bias(graph, used, recipe.per_channel)
     return graph, steps

@@ -201,3 +201,34 @@ def test_onnxruntime_flow_uses_the_recipes_calibrator(tmp_path):
         details = export_ort_quantized(model, SHAPE, tmp_path / f"{method}.onnx", calib,
                                        QuantRecipe(backend="x86", calibration=method))
         assert details["calibration"] == f"{name} over 8 images"
+
+
+def test_adaround_learns_better_rounding_than_nearest_on_real_weights():
+    """The built-in model's trained weights, one int8 scale per tensor (depthwise kernels then get
+    few levels): AdaRound's learnt rounding beats round-to-nearest in the real int8 model (measured
+    here: 26.6 → 31.6 dB on 1,000 test images)."""
+    loaded = load_model(None, None, None)
+    preprocess = Preprocess.default_for(loaded.input_shape, grayscale_stats=True)
+    calib = fashion_mnist("train").batch(preprocess, range(64))
+    check = fashion_mnist("test").batch(preprocess, range(500))
+    model, shape = loaded.module, loaded.input_shape
+    sqnr = {}
+    for adaround in (False, True):
+        recipe = QuantRecipe(backend="qnnpack", per_channel=False, bias_correction=False, adaround=adaround)
+        source, _ = ready_for_int8(model, recipe, torch.from_numpy(calib))
+        quantized = quantize_static("xnnpack", source, shape, recipe, lambda: iter([calib]))  # noqa: B023
+        with torch.no_grad():
+            sqnr[adaround] = sqnr_db(model(torch.from_numpy(check)).numpy(), quantized(torch.from_numpy(check)).numpy())
+    assert sqnr[True] > sqnr[False] + 3, sqnr
+
+
+def test_adaround_leaves_weights_on_the_int8_grid():
+    from edgeq.quantize.fold import layers
+    from edgeq.quantize.observers import fake_quantize_weight
+
+    model = _biased_rounding()
+    graph, steps = ready_for_int8(model, QuantRecipe(adaround=True, bias_correction=False),
+                                  torch.rand(16, *SHAPE[1:], generator=torch.Generator().manual_seed(2)))
+    assert steps.adarounded_layers == 3 and steps.images == 16
+    for layer in layers(graph):  # every format's round-to-nearest keeps the learnt rounding
+        torch.testing.assert_close(fake_quantize_weight(layer.weight, True), layer.weight, rtol=0, atol=1e-7)
