@@ -10,6 +10,13 @@ with ImageNet weights that alone took the logit SQNR from 7.8 to 18.8 dB (../sha
 The fix is the one XNNPACK itself runs: conv → clamp is one kernel with an output range, so the
 quantization point belongs after the clamp. `EdgeqXNNPACKQuantizer` runs the stock annotators, then
 moves each producer's output spec onto the ReLU6 that is its only user, then shares specs as usual.
+
+What else the runtimes fuse needs nothing more: the stock annotators already quantize add (+ReLU)
+and share cat's observers. Hardswish has no quantized kernel in ExecuTorch's XNNPACK partitioner
+(`HardswishConfig` is FP32 only), so the conv before it must keep its quantized output and the
+hardswish runs in float between DQ and Q, which is what the stock quantizer does. The FX flow has
+quantized hardswish; the x86 flows fuse conv + hardswish themselves (X86InductorQuantizer, and
+onnxruntime for static .onnx).
 """
 
 from __future__ import annotations
