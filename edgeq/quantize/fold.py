@@ -105,11 +105,17 @@ class Layer:
 
 
 def layers(graph: GraphModule) -> list[Layer]:
-    """Every conv and linear whose weight is a parameter of the graph, in graph order."""
+    """Every conv and linear whose weight is a parameter of the graph, in graph order. A module
+    called more than once is left out: its one weight serves several places."""
+    calls: dict[str, int] = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     found = []
     for node in graph.graph.nodes:
         if node.op == "call_module" and isinstance(graph.get_submodule(str(node.target)), (*CONV_MODULES, nn.Linear)):
-            found.append(Layer(node, graph))
+            if calls[str(node.target)] == 1:
+                found.append(Layer(node, graph))
         elif node.op == "call_function" and (node.target in CONV_FUNCTIONS or node.target is F.linear):
             if node.target is F.linear:  # spelled out like the convs: (input, weight, bias)
                 given = {**dict(zip(_ARGS, node.args)), **node.kwargs}
@@ -124,18 +130,13 @@ def fold_batchnorm(graph: GraphModule) -> int:
     """Fold every eval-mode BatchNorm that is a conv's only user into the conv (module or
     functional). Returns how many were folded. The graph must be a copy: its parameters change."""
     convs = {layer.node: layer for layer in layers(graph)}
-    calls: dict[str, int] = {}
-    for node in graph.graph.nodes:
-        if node.op == "call_module":
-            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     folded = 0
     for node in list(graph.graph.nodes):
         bn = graph.get_submodule(str(node.target)) if node.op == "call_module" else None
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or bn.running_mean is None:
             continue
         layer = convs.get(node.args[0]) if isinstance(node.args[0], Node) else None
-        if layer is None or len(layer.node.users) != 1 or isinstance(layer.module, nn.Linear) or \
-                (layer.module is not None and calls[str(layer.node.target)] != 1):
+        if layer is None or len(layer.node.users) != 1 or layer.is_linear:
             continue
         if layer.module is not None:
             parent, _, name = str(layer.node.target).rpartition(".")
