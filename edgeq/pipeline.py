@@ -254,8 +254,8 @@ def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
             path = stage / f"model_{precision}.{fmt}"
             module, shape = job.loaded.module, job.loaded.input_shape
             if precision == "int8" and flow == "ort":  # the float model, quantized by onnxruntime
-                details = onnx.export_ort_quantized(quantized.ort_source or module, shape, path,
-                                                    quantized.ort_calibration, recipe)
+                source = quantized.ort_source if quantized.ort_source is not None else module
+                details = onnx.export_ort_quantized(source, shape, path, quantized.ort_calibration, recipe)
             elif fmt == "pte":
                 details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
             elif fmt == "onnx":

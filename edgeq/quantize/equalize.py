@@ -36,7 +36,7 @@ def equalize(graph: GraphModule, iterations: int = 8) -> Equalized:
     result = Equalized()
     pairs = []
     for first in found.values():
-        between, second = _next(graph, first.node, found)
+        between, second = _next(first.node, found)
         if second is None:
             continue
         if between is not None and not _homogeneous(graph, between):
@@ -51,7 +51,7 @@ def equalize(graph: GraphModule, iterations: int = 8) -> Equalized:
     return result
 
 
-def _next(graph: GraphModule, node: Node, found: dict[Node, Layer]) -> tuple[Node | None, Layer | None]:
+def _next(node: Node, found: dict[Node, Layer]) -> tuple[Node | None, Layer | None]:
     """(activation, next layer) when node's only user is a layer, or an activation whose only user is."""
     if len(node.users) != 1:
         return None, None
