@@ -156,6 +156,15 @@ def main() -> None:
               help="static: learn each weight's rounding on the calibration images (minutes on a CPU)")
 @click.option("--correction-images", type=int, default=64, show_default=True,
               help="calibration images bias correction and AdaRound use")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="static int8: leave the most damaging layers in float until int8 loses at most this many "
+              "percentage points of accuracy on the labelled check images (e.g. 0.5)")
+@click.option("--max-agreement-drop", type=float, default=None,
+              help="the same budget without labels: percentage points of top-1 agreement with the float model")
+@click.option("--max-float-layers", type=int, default=8, show_default=True,
+              help="the budget search stops after this many float layers")
+@click.option("--plan", type=click.Path(path_type=Path), default=None,
+              help="apply the float layers of an earlier export's plan.json (no search)")
 @click.option("--mean", callback=_numbers(float), default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", callback=_numbers(float), default=None, help="per-channel std")
 @click.option("--resize", type=int, default=None, help="resize the shorter side to this, then center-crop")
@@ -196,6 +205,8 @@ EXPORT_FLAGS = {
     "percentile": "quantization.percentile", "bias_correction": "quantization.bias_correction",
     "equalization": "quantization.equalization", "adaround": "quantization.adaround",
     "correction_images": "quantization.correction_images",
+    "max_accuracy_drop": "budget.max_accuracy_drop", "max_agreement_drop": "budget.max_agreement_drop",
+    "max_float_layers": "budget.max_float_layers", "plan": "budget.plan",
     "calib_data": "data.calib", "train_data": "data.train",
     "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats", "precisions": "precisions",
     "mean": "preprocess.mean", "std": "preprocess.std", "resize": "preprocess.resize",
@@ -288,6 +299,35 @@ def validate_cmd(folder: Path, target: str | None, runs: int, warmup: int, threa
         print_terminal(manifest)
     _exit_if_failed(manifest, load_target(target) if target else
                     target_of(manifest.target, f"{folder / 'manifest.json'}: target"))
+
+
+@main.command("inspect")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
+              help="also write the per-layer plot and table as HTML here")
+def inspect_cmd(folder: Path, html_path: Path | None) -> None:
+    """Per-layer int8 error of an export, from its manifest.json: SQNR along the network, what each
+    conv/linear adds, and the layers its plan left in float."""
+    from edgeq import report
+
+    manifest = Manifest.load(folder)
+    numerics = manifest.layer_numerics
+    if numerics is None or not numerics.layers:
+        raise EdgeqError(f"{folder} has no per-layer numerics (an fp32-only, QAT or older export): export with "
+                         "static int8 to a PT2E format (.pte, or .onnx with --backend qnnpack)")
+    table = Table(title=f"Per-layer int8 error ({numerics.flow}, {numerics.images} held-out images)")
+    for column in ("#", *report.LAYER_COLUMNS):
+        table.add_column(column, justify="right" if column in ("#", "SQNR dB", "added dB") else "left")
+    for i, (e, row) in enumerate(zip(numerics.layers, report.layer_rows(numerics))):
+        table.add_row(str(i), *row, style="red" if e.kept_float else None)
+    console = plain_console()
+    console.print(table)
+    console.print(report.plan_note(manifest.plan) if manifest.plan else "No float layers: every layer is int8.")
+    if html_path is not None:
+        report.write_one(html_path, report.inspect_html(manifest))
+        console.print(f"plot and table: {html_path}")
+    else:
+        console.print(f"plot: {folder / 'report.html'} (per-layer error), or pass --html FILE")
 
 
 @main.command("report")

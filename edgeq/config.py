@@ -48,6 +48,9 @@ class QuantRecipe:
     adaround: bool = field(default=False, metadata=schema.OMIT)
     bias_correction: bool = field(default=True, metadata=schema.OMIT)
     correction_images: int = field(default=64, metadata=schema.OMIT)
+    # Conv/linear layers left in float by every int8 flow, by weight name (edgeq.quantize.plan):
+    # what an accuracy-budget search or a --plan file chose.
+    float_layers: tuple[str, ...] = field(default=(), metadata=schema.OMIT)
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.backend not in BACKENDS:
@@ -61,6 +64,41 @@ class QuantRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """An accuracy budget for static int8 (edgeq.quantize.budget): conv/linear layers go back to float,
+    the most damaging first, until int8 loses at most this many percentage points of top-1 accuracy
+    (labelled check images) or of top-1 agreement with the float model. Or `plan`: the float layers
+    of an earlier search (its plan.json), applied without searching."""
+
+    max_accuracy_drop: float | None = None
+    max_agreement_drop: float | None = None
+    max_float_layers: int = 8  # the search stops here, budget met or not
+    candidates: int = 4  # layers of the SQNR ranking confirmed on the metric per step
+    plan: str | None = None
+
+    def __post_init__(self) -> None:
+        drops = [d for d in (self.max_accuracy_drop, self.max_agreement_drop) if d is not None]
+        if len(drops) > 1:
+            raise EdgeqError("--max-accuracy-drop and --max-agreement-drop both given: pass one budget")
+        if drops and not (0 <= drops[0] <= 100 and math.isfinite(drops[0])):
+            raise EdgeqError(f"accuracy budget {drops[0]}: give percentage points between 0 and 100, e.g. 0.5")
+        if drops and self.plan is not None:
+            raise EdgeqError("--plan applies a plan found before, a budget searches for one: pass one of them")
+        if self.max_float_layers < 1 or self.candidates < 1:
+            raise EdgeqError("--max-float-layers (and the candidates per step) must be at least 1")
+
+    @property
+    def metric(self) -> str | None:
+        if self.max_accuracy_drop is not None:
+            return "accuracy"
+        return "agreement" if self.max_agreement_drop is not None else None
+
+    @property
+    def max_drop(self) -> float | None:
+        return self.max_accuracy_drop if self.max_accuracy_drop is not None else self.max_agreement_drop
 
 
 @dataclass(frozen=True)
@@ -184,6 +222,7 @@ class ExportConfig:
     resume: bool = False
     validate: bool = True  # run every artifact on the target afterwards
     validation: ValidateConfig = field(default_factory=ValidateConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig, metadata=schema.OMIT)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -192,6 +231,9 @@ class ExportConfig:
             bad = [c for c in chosen if c not in allowed]
             if bad or not chosen:
                 raise EdgeqError(f"{option} {','.join(bad) or '(empty)'} not understood: choose from {','.join(allowed)}")
+        if (self.budget.metric or self.budget.plan) and (self.method != "static" or "int8" not in self.precisions):
+            raise EdgeqError("an accuracy budget or --plan chooses float layers of static int8: use --method static "
+                             "with int8 in --precisions")
         # Duplicates dropped, order kept: "pte,pte,onnx" exports each once.
         object.__setattr__(self, "formats", tuple(dict.fromkeys(self.formats)))
         object.__setattr__(self, "precisions", tuple(dict.fromkeys(self.precisions)))

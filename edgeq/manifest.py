@@ -23,6 +23,7 @@ from edgeq.targets import Target
 
 MANIFEST = "manifest.json"
 REPORTS = ("report.md", "report.html")
+PLAN = "plan.json"
 SCHEMA = 1
 
 
@@ -141,6 +142,9 @@ class LayerError:
     module: str  # the float model's module path it belongs to
     op: str  # conv2d, linear, add, relu6, …
     sqnr_db: float | None  # None: identical outputs (no error to measure)
+    layer: str | None = field(default=None, metadata=OMIT)  # a conv/linear: its name in plans (weight name)
+    added_db: float | None = field(default=None, metadata=OMIT)  # conv/linear: input SQNR − output SQNR
+    kept_float: bool = field(default=False, metadata=OMIT)  # left in float by the plan
 
 
 @dataclass
@@ -148,6 +152,40 @@ class LayerNumerics:
     flow: str  # the int8 model measured (xnnpack: the graph the .pte is lowered from)
     images: int  # held-out images
     layers: list[LayerError] = field(default_factory=list)  # in network order
+
+
+@dataclass
+class PlanStep:
+    """One layer returned to float by the accuracy-budget search (edgeq.quantize.budget)."""
+
+    layer: str
+    score: float  # the metric (percent) with this layer and those before it in float
+    candidates: dict[str, float] = field(default_factory=dict)  # layers tried this step → their score
+    rank_gain: float | None = None  # the cheap ranking's metric gain for this layer (points)
+    sqnr_gain_db: float | None = None  # and its logit SQNR gain
+    params: int = 0  # weights kept in fp32 (4 bytes each instead of 1)
+    fp32_macs: int = 0  # multiply-accumulates per image moved from int8 to fp32
+
+
+@dataclass
+class FloatPlan:
+    """Which conv/linear layers every int8 artifact leaves in float, and why: found by the search
+    (`--max-accuracy-drop` / `--max-agreement-drop`) or read from a plan file (`--plan`). Saved as
+    plan.json beside the artifacts, and reusable with --plan."""
+
+    float_layers: list[str] = field(default_factory=list)
+    source: str = "search"  # "search", or the plan file it came from
+    metric: str | None = None  # accuracy | agreement
+    max_drop: float | None = None  # percentage points
+    images: int = 0  # check images the metric was measured on
+    float_score: float | None = None  # the float model's (agreement: 100)
+    int8_score: float | None = None  # everything int8
+    score: float | None = None  # with the plan
+    met: bool | None = None
+    stopped: str | None = None  # why the search ended before meeting the budget
+    steps: list[PlanStep] = field(default_factory=list)
+    evaluations: int = 0  # candidate models quantized and scored
+    seconds: float = 0.0
 
 
 @dataclass
@@ -209,6 +247,8 @@ class Manifest:
     recipe: ExportConfig | None = field(default=None, metadata=OMIT)  # the config the export ran with
     weight_steps: WeightSteps | None = field(default=None, metadata=OMIT)  # static int8 only
     layer_numerics: LayerNumerics | None = field(default=None, metadata=OMIT)  # per-layer int8 error
+    plan: FloatPlan | None = field(default=None, metadata=OMIT)  # layers left in float (static int8)
+    plan_sha256: str | None = field(default=None, metadata=OMIT)  # of plan.json, the plan's copy for --plan
 
     def to_dict(self) -> dict[str, Any]:
         return schema.dump(self)
@@ -218,7 +258,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         """The names edgeq wrote in the export folder: all it may replace there."""
-        return [MANIFEST, *REPORTS, *([self.reference.path] if self.reference else []),
+        return [MANIFEST, *REPORTS, *([self.reference.path] if self.reference else []), *([PLAN] if self.plan else []),
                 *(a.path for a in self.artifacts)]
 
     def write(self, folder: Path) -> Path:

@@ -8,6 +8,7 @@ never leaves a half-written export behind. What to do comes in one `ExportConfig
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 import time
@@ -21,18 +22,22 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from edgeq import qat, report, runner
-from edgeq.config import ExportConfig, QuantRecipe
+from edgeq import qat, report, runner, schema
+from edgeq.config import BudgetConfig, ExportConfig, QuantRecipe
 from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
 from edgeq.export import onnx, pte, ptl
-from edgeq.manifest import (Artifact, CheckImages, DataRecord, ImagesUsed, Manifest, Model, Reference, Training,
-                            LayerNumerics, WeightSteps, check_replaceable, sha256_file, staged_output, write_atomic)
+from edgeq.manifest import (PLAN, Artifact, CheckImages, DataRecord, FloatPlan, HostCheck, ImagesUsed, LayerNumerics,
+                            Manifest,
+                            Model, Reference, Training, WeightSteps, check_replaceable, dumps, sha256_file,
+                            staged_output, write_atomic)
 from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
 from edgeq.quantize import export_graph, quantize_static, quantizer_for
+from edgeq.quantize.budget import Budget, search as budget_search
 from edgeq.quantize.numerics import layer_errors
+from edgeq.quantize.plan import check_known, exported_layers
 from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
 from edgeq.validate import compare, validate
@@ -46,6 +51,7 @@ REFERENCE = "reference.npz"  # inputs + float outputs for validation on targets
 REFERENCE_SAMPLES = 1000  # enough to judge accuracy within a point (see validate.MIN_ACCURACY_SAMPLES)
 REFERENCE_BYTES = 16 << 20  # at 224×224×3 that is 26 inputs
 LAYER_NUMERICS_IMAGES = 16  # held-out images: enough to rank layers
+SEARCH_BYTES = 512 << 20  # check images an accuracy-budget search scores candidates on, at most
 CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory at 224×224)
 
 
@@ -71,6 +77,14 @@ class Job:
     eval_set: ImageSet | None
     bar: Progress
     timings: dict[str, float] = field(default_factory=dict)
+    plan: FloatPlan | None = None  # the float layers of static int8 (a budget's search, or --plan)
+    _reference: torch.nn.Module | None = None
+
+    def reference(self) -> torch.nn.Module:
+        """The float model as a torch.export graph (what per-layer numerics compare with)."""
+        if self._reference is None:
+            self._reference = export_graph(self.loaded.module, self.loaded.input_shape, dynamic_batch=True).module()
+        return self._reference
 
     def flows(self) -> list[str]:
         return list(dict.fromkeys(quantizer_for(f, self.recipe.backend, self.config.method) for f in self.config.formats))
@@ -152,7 +166,10 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
                                 eval=ImagesUsed(**eval_set.info(len(check.indices))) if eval_set is not None else None),
                 float_accuracy=float_accuracy, artifacts=artifacts, reference=reference, training=prepared.training,
                 timings_s={k: round(v, 3) for k, v in job.timings.items()}, recipe=config,
-                weight_steps=prepared.quantized.weight_steps, layer_numerics=numerics)
+                weight_steps=prepared.quantized.weight_steps, layer_numerics=numerics, plan=job.plan)
+            if job.plan is not None:
+                write_atomic(stage / PLAN, (dumps(schema.dump(job.plan)) + "\n").encode())
+                manifest.plan_sha256 = sha256_file(stage / PLAN)
             manifest.write(stage)
             report.write(stage, manifest)
 
@@ -179,6 +196,9 @@ def _calibrate(job: Job) -> Prepared:
         chunks.append(images.batch(job.preprocess, indices[i:i + 64]))
         bar.advance(task, len(chunks[-1]))
     calib = np.concatenate(chunks)
+    if job.config.budget.metric or job.config.budget.plan:
+        job.plan = _float_plan(job, calib, check)
+        job.recipe = recipe = replace(recipe, float_layers=tuple(job.plan.float_layers))
     task = bar.add_task("preparing weights (BN fold, equalization, bias correction)", total=None)
     source, quantized.weight_steps = ready_for_int8(job.loaded.module, recipe, torch.from_numpy(calib))
     bar.remove_task(task)
@@ -198,6 +218,55 @@ def _calibrate(job: Job) -> Prepared:
         quantized.models[flow] = quantize_static(flow, source, job.loaded.input_shape, recipe, calibration)
         job.timings[f"quantize_{flow}"] = time.perf_counter() - t0
     return prepared
+
+
+def _float_plan(job: Job, calib: np.ndarray, check: CheckSet) -> FloatPlan:
+    """The float layers: read from --plan, or searched for within the budget on the check images."""
+    budget, shape = job.config.budget, job.loaded.input_shape
+    layers = exported_layers(job.reference()).values()
+    if budget.plan is not None:
+        plan = load_plan(Path(budget.plan))
+        check_known(plan.float_layers, layers, f"--plan {budget.plan}")
+        return FloatPlan(float_layers=plan.float_layers, source=budget.plan)
+    if budget.metric == "accuracy" and check.labels is None:
+        raise EdgeqError("--max-accuracy-drop needs labelled check images (--eval-data, or labelled calibration "
+                         "folders with the model's classes): pass them, or use --max-agreement-drop")
+    per_image = 4 * int(np.prod(shape[1:]))
+    n = max(1, min(len(check.indices), SEARCH_BYTES // per_image))
+    images = check.images.batch(job.preprocess, list(check.indices)[:n])
+    labels = None if check.labels is None else check.labels[:n]
+    model, recipe = job.loaded.module, job.recipe
+
+    def quantize(float_layers: tuple[str, ...]) -> torch.nn.Module:
+        """The candidate as the export would make it: weight steps, then PT2E XNNPACK."""
+        def calibration() -> Iterator[np.ndarray]:
+            return (calib[i:i + recipe.calib_batch] for i in range(0, len(calib), recipe.calib_batch))
+
+        candidate = replace(recipe, float_layers=float_layers)
+        source, _ = ready_for_int8(model, candidate, torch.from_numpy(calib))
+        return quantize_static("xnnpack", source, shape, candidate, calibration)
+
+    t0 = time.perf_counter()
+    # The float weights as the int8 model has them before rounding (BN folded, equalized): the cheap
+    # ranking runs a layer in float with these.
+    unrounded, _ = ready_for_int8(model, replace(recipe, adaround=False, bias_correction=False),
+                                  torch.from_numpy(calib), fold=True)
+    folded = export_graph(unrounded, shape, dynamic_batch=True).module()
+    plan = budget_search(quantize, job.reference(), folded, images, labels,
+                         Budget(budget.metric, budget.max_drop, budget.max_float_layers, budget.candidates), job.bar)
+    job.timings["budget_search"] = time.perf_counter() - t0
+    return plan
+
+
+def load_plan(path: Path) -> FloatPlan:
+    """A plan.json written by an earlier export (its float layers are what --plan applies)."""
+    try:
+        data = json.loads(path.read_text())
+        return schema.build(FloatPlan, data)
+    except FileNotFoundError:
+        raise EdgeqError(f"--plan {path} does not exist: pass the plan.json of an earlier export") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, schema.SchemaError) as e:
+        raise EdgeqError(f"--plan {path} is not a plan.json ({e}): pass the plan.json of an earlier export") from None
 
 
 def _train(job: Job, world: qat.World) -> Prepared:
@@ -234,8 +303,7 @@ def _layer_numerics(job: Job, prepared: Prepared) -> LayerNumerics | None:
     task = job.bar.add_task("per-layer numerics", total=None)
     check = prepared.check
     images = check.images.batch(job.preprocess, list(check.indices)[:LAYER_NUMERICS_IMAGES])
-    reference = export_graph(job.loaded.module, job.loaded.input_shape, dynamic_batch=True).module()
-    numerics = layer_errors(reference, prepared.quantized.models[flow], images, flow)
+    numerics = layer_errors(job.reference(), prepared.quantized.models[flow], images, flow, job.recipe.float_layers)
     job.bar.remove_task(task)
     job.timings["layer_numerics"] = time.perf_counter() - t0
     return numerics
@@ -260,7 +328,7 @@ def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
                 details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
             elif fmt == "onnx":
                 details = onnx.export(module if precision == "fp32" else quantized.models[flow], shape, path,
-                                      quantized=precision == "int8")
+                                      quantized=precision == "int8", float_layers=recipe.float_layers)
             else:
                 details = ptl.export(module if precision == "fp32" else quantized.models[flow], shape, path,
                                      recipe.backend)
@@ -300,7 +368,20 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Pat
     for a in artifacts:
         a.host_check = compare(ref, np.stack(outputs[a.key]), check.labels, a.precision, job.target.thresholds,
                                job.config.method)
+        if a.precision == "int8" and job.config.budget.metric:
+            _budget_gate(a.host_check, job.config.budget, ref, check.labels)
     return None if check.labels is None else float(np.mean(ref.argmax(-1) == check.labels)), ref
+
+
+def _budget_gate(check: HostCheck, budget: BudgetConfig, reference: np.ndarray, labels: np.ndarray | None) -> None:
+    """The accuracy budget, held against each artifact as its own runtime ran it. The search scored
+    the PT2E model in PyTorch; XNNPACK, onnxruntime and QNNPACK round a little differently."""
+    if budget.metric == "accuracy":
+        drop = 100 * (float(np.mean(reference.argmax(-1) == labels)) - (check.accuracy or 0.0))
+    else:
+        drop = 100 * (1 - check.top1_agreement)
+    check.gates.append(f"{budget.metric} drop <= {budget.max_drop:g} points (accuracy budget)")
+    check.passed = bool(check.passed) and drop <= budget.max_drop + 1e-9
 
 
 def _write_reference(stage: Path, preprocess: Preprocess, check: CheckSet, float_outputs: np.ndarray) -> Reference:

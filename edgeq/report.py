@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.manifest import REPORTS, LayerError, LayerNumerics, Manifest, WeightSteps, write_atomic
+from edgeq.manifest import REPORTS, FloatPlan, LayerError, LayerNumerics, Manifest, WeightSteps, write_atomic
 
 REPORT_MD, REPORT_HTML = REPORTS
 DASH = "–"
@@ -77,6 +77,8 @@ def notes(m: Manifest) -> list[str]:
     steps = m.weight_steps
     if steps is not None:
         lines.append(_weight_steps_note(steps))
+    if m.plan is not None:
+        lines.append(plan_note(m.plan))
     if m.layer_numerics and m.layer_numerics.layers:
         drops = ", ".join(f"{e.module or e.node} {e.op} ({drop:+.1f} dB)" for e, drop in entry_points(m.layer_numerics)[:3])
         lines.append(f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} held-out images): "
@@ -86,6 +88,21 @@ def notes(m: Manifest) -> list[str]:
                        if k.startswith("validate_")]
         lines.append("; ".join([f"Export took {m.timings_s['total']:.0f} s on the host", *validations]) + ".")
     return lines
+
+
+def plan_note(plan: FloatPlan) -> str:
+    """One line: which layers stay float, and what the search measured."""
+    layers = ", ".join(plan.float_layers) or "none"
+    if plan.source != "search":
+        return f"Float layers (from {plan.source}): {layers}."
+    name = "accuracy" if plan.metric == "accuracy" else "top-1 agreement with float"
+    costs = "; ".join(f"{s.layer}: {s.params:,} weights kept fp32 (+{3 * s.params / 1e3:.1f} kB), "
+                      f"{s.fp32_macs / 1e6:.2f} M MACs/image in fp32" for s in plan.steps)
+    verdict = "budget met" if plan.met else f"budget NOT met ({plan.stopped})"
+    return (f"Accuracy budget ({name} may drop {plan.max_drop:g} points): float layers {layers}; {name} "
+            f"{plan.int8_score:.2f}% all int8 → {plan.score:.2f}% (float {plan.float_score:.2f}%) on {plan.images} "
+            f"check images (PT2E model on the host), {verdict}; {plan.evaluations} candidate models in "
+            f"{plan.seconds:.0f} s." + (f" Cost: {costs}." if costs else ""))
 
 
 def _weight_steps_note(steps: WeightSteps) -> str:
@@ -102,6 +119,16 @@ def _weight_steps_note(steps: WeightSteps) -> str:
     if steps.images:
         done.append(f"on {steps.images} calibration images")
     return "Before int8: " + "; ".join(done) + "."
+
+
+LAYER_COLUMNS = ("module", "op", "node", "SQNR dB", "added dB", "float")
+
+
+def layer_rows(numerics: LayerNumerics) -> list[list[str]]:
+    """The per-layer table: what `edgeq inspect` prints and report.md holds. "added dB": what a
+    conv/linear itself adds (input SQNR − output SQNR)."""
+    return [[e.module, e.op, e.node, _db(e.sqnr_db), f"{e.added_db:.1f}" if e.added_db is not None else DASH,
+             "float" if e.kept_float else ""] for e in numerics.layers]
 
 
 def entry_points(numerics: LayerNumerics) -> list[tuple[LayerError, float]]:
@@ -146,10 +173,10 @@ def markdown(m: Manifest) -> str:
     parts += [f"- {line}" for line in notes(m)]
     if m.layer_numerics and m.layer_numerics.layers:
         parts += ["", f"<details><summary>Per-layer SQNR of the int8 model ({m.layer_numerics.flow}) against the "
-                  "float model, in network order</summary>", "", "| # | module | op | node | SQNR dB |",
-                  "|---:|---|---|---|---:|"]
-        parts += [f"| {i} | {e.module} | {e.op} | {e.node} | {_db(e.sqnr_db)} |"
-                  for i, e in enumerate(m.layer_numerics.layers)]
+                  "float model, in network order</summary>", "", "| # | " + " | ".join(LAYER_COLUMNS) + " |",
+                  "|---:|---|---|---|---:|---:|---|"]
+        parts += [f"| {i} | " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                  for i, row in enumerate(layer_rows(m.layer_numerics))]
         parts += ["", "</details>", ""]
     parts.append(f"- edgeq {m.edgeq_version}, torch {m.versions.get('torch')}, executorch {m.versions.get('executorch')}, "
                  f"onnxruntime {m.versions.get('onnxruntime')}; created {m.created}.")
@@ -234,22 +261,8 @@ def plots(m: Manifest) -> list[tuple[str, str]]:
         ax.set_xlabel("million guest instructions per inference (QEMU insn plugin)")
         figures.append(("Instructions per inference on the emulated CPUs (load-independent)", fig))
 
-    layers = m.layer_numerics.layers if m.layer_numerics else []
-    if layers:
-        fig, ax = plt.subplots(figsize=(9, 3.8))
-        x = list(range(len(layers)))
-        ax.plot(x, [e.sqnr_db if e.sqnr_db is not None else float("nan") for e in layers], color="tab:blue", lw=1)
-        for op in dict.fromkeys(e.op for e in layers):
-            pts = [(i, e.sqnr_db) for i, e in enumerate(layers) if e.op == op and e.sqnr_db is not None]
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, label=op)
-        for e, drop in entry_points(m.layer_numerics)[:3]:
-            i = layers.index(e)
-            ax.annotate(e.module or e.node, (i, e.sqnr_db), textcoords="offset points", xytext=(4, -12), fontsize=7)
-        ax.set_xlabel("layer output, in network order")
-        ax.set_ylabel("SQNR vs float (dB)")
-        ax.legend(fontsize=7, ncol=4)
-        figures.append((f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} held-out images): "
-                        "where SQNR falls, error enters", fig))
+    if m.layer_numerics and m.layer_numerics.layers:
+        figures.append(layer_figure(m.layer_numerics))
 
     checked = [a for a in m.artifacts if a.host_check]
     if checked:
@@ -269,6 +282,41 @@ def plots(m: Manifest) -> list[tuple[str, str]]:
         ax.set_xlabel("size (kB)")
         ax.set_ylabel("accuracy (%)" if use_accuracy else "top-1 agreement with the float model (%)")
         figures.append((("Accuracy" if use_accuracy else "Agreement") + " against size (host check)", fig))
+    return encode(figures)
+
+
+def layer_figure(numerics: LayerNumerics) -> tuple[str, Any]:
+    """SQNR along the network, each op its colour, the three largest falls named, float layers marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    layers = numerics.layers
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    ax.plot(range(len(layers)), [e.sqnr_db if e.sqnr_db is not None else float("nan") for e in layers],
+            color="tab:blue", lw=1)
+    for op in dict.fromkeys(e.op for e in layers):
+        pts = [(i, e.sqnr_db) for i, e in enumerate(layers) if e.op == op and e.sqnr_db is not None]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, label=op)
+    floats = [i for i, e in enumerate(layers) if e.kept_float]
+    for k, i in enumerate(floats):
+        ax.axvline(i, color="tab:red", lw=0.8, ls=":", label="float layer (plan)" if k == 0 else None)
+        ax.annotate(layers[i].layer or layers[i].module, (i, ax.get_ylim()[1]), textcoords="offset points",
+                    xytext=(2, -10), fontsize=7, color="tab:red")
+    for e, _ in entry_points(numerics)[:3]:
+        ax.annotate(e.module or e.node, (layers.index(e), e.sqnr_db), textcoords="offset points", xytext=(4, -12),
+                    fontsize=7)
+    ax.set_xlabel("layer output, in network order")
+    ax.set_ylabel("SQNR vs float (dB)")
+    ax.legend(fontsize=7, ncol=4)
+    return (f"Per-layer int8 error ({numerics.flow}, {numerics.images} held-out images): where SQNR falls, error "
+            "enters" + (f"; {len(floats)} layer(s) left float" if floats else ""), fig)
+
+
+def encode(figures: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """(title, figure) → (title, base64 PNG)."""
+    from matplotlib import pyplot as plt
 
     encoded = []
     for title, fig in figures:
@@ -278,6 +326,23 @@ def plots(m: Manifest) -> list[tuple[str, str]]:
         plt.close(fig)
         encoded.append((title, base64.b64encode(buffer.getvalue()).decode()))
     return encoded
+
+
+def inspect_html(m: Manifest) -> str:
+    """`edgeq inspect --html`: the per-layer plot and table, and the plan, on one page."""
+    esc = html_lib.escape
+    numerics = m.layer_numerics
+    (title, png), = encode([layer_figure(numerics)])
+    head = "".join(f"<th>{esc(c)}</th>" for c in ("#", *LAYER_COLUMNS))
+    rows = "".join(f"<tr class='{'float' if e.kept_float else ''}'><td>{i}</td>" + "".join(f"<td>{esc(c)}</td>" for c in row)
+                   + "</tr>" for i, (e, row) in enumerate(zip(numerics.layers, layer_rows(numerics))))
+    plan = f"<p>{esc(plan_note(m.plan))}</p>" if m.plan else "<p>No float layers: every layer is int8.</p>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgeq inspect</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}tr.float td{background:#fee}img{max-width:100%}"
+            f"</style></head><body><h1>edgeq inspect: {esc(m.model.source)}</h1>{plan}"
+            f"<figure><img alt='{esc(title)}' src='data:image/png;base64,{png}'><figcaption>{esc(title)}</figcaption>"
+            f"</figure><table><tr>{head}</tr>{rows}</table></body></html>\n")
 
 
 def write(folder: Path, m: Manifest | None = None) -> None:

@@ -25,11 +25,13 @@ from edgeq.errors import EdgeqError
 from edgeq.graph import export_failure
 from edgeq.quantize import export_graph, quiet
 from edgeq.quantize.observers import ort_calibration
+from edgeq.quantize.plan import WEIGHTED_ONNX_OPS as WEIGHTED_OPS, onnx_float_nodes
 
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
-def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized: bool) -> dict[str, Any]:
+def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized: bool,
+           float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`float_layers`: the int8 model's float layers (edgeq.quantize.plan), expected without Q/DQ."""
     program = export_graph(model, input_shape)
     try:
         with quiet():
@@ -38,8 +40,10 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized
     except Exception as e:  # noqa: BLE001 - the exporter wraps the real cause; export_failure digs it out
         raise export_failure("the ONNX exporter", e, program) from None
     proto = strip_debug_info(onnx_program.model_proto)
+    if quantized and float_layers:
+        float_inputs(proto, onnx_float_nodes(proto, frozenset(float_layers)))
     onnx.save(proto, str(path))
-    return _checked(proto, quantized)
+    return _checked(proto, quantized, float_layers)
 
 
 def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: Path, calib: np.ndarray,
@@ -66,19 +70,25 @@ def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: P
         try:
             with quiet(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
                 quant_pre_process(str(fp32), str(prepared))
+                excluded = onnx_float_nodes(onnx.load(str(prepared)), frozenset(recipe.float_layers))
                 quantize_static(str(prepared), str(path), Images(), quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                per_channel=recipe.per_channel, calibrate_method=method, extra_options=options)
+                                per_channel=recipe.per_channel, calibrate_method=method, extra_options=options,
+                                nodes_to_exclude=excluded)
         except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many types
             raise EdgeqError(f"onnxruntime could not quantize the model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}): export with --backend qnnpack, or leave "
                              ".onnx out with --formats") from None
-    details = _checked(onnx.load(str(path)), quantized=True)
+    proto = onnx.load(str(path))
+    if recipe.float_layers:
+        float_inputs(proto, excluded)
+        onnx.save(proto, str(path))
+    details = _checked(proto, quantized=True, float_layers=recipe.float_layers)
     details["calibration"] = f"{method.name} over {len(calib)} images"
     return details
 
 
-def _checked(proto: onnx.ModelProto, quantized: bool) -> dict[str, Any]:
+def _checked(proto: onnx.ModelProto, quantized: bool, float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -89,13 +99,44 @@ def _checked(proto: onnx.ModelProto, quantized: bool) -> dict[str, Any]:
                                "dequantize_linear": counts["DequantizeLinear"],
                                "ops": dict(sorted(counts.items()))}
     if quantized:
-        float_weighted = unquantized_weighted_nodes(proto)
+        planned = set(onnx_float_nodes(proto, frozenset(float_layers)))
+        float_weighted = [n for n in unquantized_weighted_nodes(proto) if n.split(" ", 1)[1] not in planned]
+        if planned:
+            details["float_nodes"] = sorted(planned)
         if counts["QuantizeLinear"] == 0 or counts["DequantizeLinear"] == 0 or float_weighted:
             raise EdgeqError(f"the ONNX exporter dropped Q/DQ nodes ({counts['QuantizeLinear']} QuantizeLinear, "
                              f"{counts['DequantizeLinear']} DequantizeLinear; float weights at "
                              f"{', '.join(float_weighted[:3]) or 'every node'}): the int8 .onnx would run in float; "
                              "report it with the model, or leave .onnx out with --formats")
     return details
+
+
+def float_inputs(proto: onnx.ModelProto, float_nodes: list[str]) -> int:
+    """Feed each float layer the value before its input's QuantizeLinear → DequantizeLinear: onnxruntime's
+    WeightBiasQuantization (a basic, default-on graph optimization) quantizes the float weight of any
+    Conv/Gemm whose input comes out of a DequantizeLinear, which would undo the plan at load time.
+    No Q/DQ around a float layer is also what the plan means. Returns how many inputs changed."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    users: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    changed = 0
+    for node in proto.graph.node:
+        dq = producers.get(node.input[0]) if node.name in float_nodes else None
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        node.input[0] = q.input[0]
+        changed += 1
+        users[dq.output[0]] -= 1
+    dead = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and users.get(n.output[0]) == 0}
+    for n in [n for n in proto.graph.node if n.output[0] in dead]:
+        users[n.input[0]] -= 1
+        proto.graph.node.remove(n)
+    for n in [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and users.get(n.output[0]) == 0]:
+        proto.graph.node.remove(n)
+    return changed
 
 
 def strip_debug_info(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -14,6 +14,7 @@ The package, a module per concern:
 - fold.py, equalize.py, adaround.py, bias_correction.py, weights.py: the float model's weights
   made ready for int8 before static quantization (BN fold, equalization, AdaRound, bias correction).
 - numerics.py: per-layer SQNR of the int8 model against the float model.
+- plan.py, budget.py: the layers an accuracy budget leaves in float, found by a search, applied to every flow.
 """
 
 from __future__ import annotations
@@ -79,13 +80,21 @@ def pt2e_quantizer(name: str, recipe: QuantRecipe, qat: bool = False):  # -> tor
     if name == "xnnpack":
         from edgeq.quantize.patterns import xnnpack_quantizer
 
-        return xnnpack_quantizer(per_channel, qat, None if qat else (recipe.calibration, recipe.percentile))
+        quantizer = xnnpack_quantizer(per_channel, qat, None if qat else (recipe.calibration, recipe.percentile))
+        if recipe.float_layers:
+            from edgeq.quantize.plan import xnnpack_filter
+
+            quantizer.set_filter_function(xnnpack_filter(frozenset(recipe.float_layers)))
+        return quantizer
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
     if not per_channel:
         raise EdgeqError("the x86 quantizer only has per-channel weights: drop --per-tensor or use --backend qnnpack")
-    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
+    for name in recipe.float_layers:  # reaches conv and linear modules (their module path is the name)
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
 
 
 def prepare(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,
@@ -167,6 +176,10 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
             traced = trace(model)
             if not qat:  # FX fuses conv *modules* with BN, not functional convs (see fold.py)
                 fold_batchnorm(traced)
+            if recipe.float_layers:
+                from edgeq.quantize.plan import fx_float_layers
+
+                mapping = fx_float_layers(traced, mapping, frozenset(recipe.float_layers))
             prepared = (prepare_qat_fx if qat else prepare_fx)(traced, mapping, (torch.zeros(input_shape),),
                                                                backend_config=fx_backend_config())
         except Exception as e:  # noqa: BLE001 - symbolic tracing fails on data-dependent Python code

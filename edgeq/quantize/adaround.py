@@ -25,7 +25,8 @@ WARMUP = 0.2  # share of the iterations without the rounding regulariser
 BATCH = 8  # images per step
 
 
-def adaround(graph: GraphModule, images: torch.Tensor, per_channel: bool, iterations: int = 300) -> int:
+def adaround(graph: GraphModule, images: torch.Tensor, per_channel: bool, iterations: int = 300,
+             float_layers: tuple[str, ...] = ()) -> int:
     """Round every conv/linear weight of a BN-folded graph adaptively, in place. Returns how many."""
 
     def learn(layer: Layer, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -56,4 +57,4 @@ def adaround(graph: GraphModule, images: torch.Tensor, per_channel: bool, iterat
         layer.set(rounded, bias if bias is not None else torch.zeros(weight.shape[0]))
         return layer.run(x, rounded, layer.bias)
 
-    return run_rounded(graph, images, learn)
+    return run_rounded(graph, images, learn, float_layers)

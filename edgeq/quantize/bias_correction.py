@@ -26,7 +26,7 @@ from edgeq.quantize.observers import fake_quantize_weight
 
 
 @torch.no_grad()
-def correct_bias(graph: GraphModule, images: torch.Tensor, per_channel: bool) -> int:
+def correct_bias(graph: GraphModule, images: torch.Tensor, per_channel: bool, float_layers: tuple[str, ...] = ()) -> int:
     """Correct every conv/linear bias of a BN-folded graph, in place. Returns how many layers."""
 
     def correct(layer: Layer, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,19 +37,20 @@ def correct_bias(graph: GraphModule, images: torch.Tensor, per_channel: bool) ->
         layer.set(weight, shift if bias is None else bias + shift)
         return out + shift.view(-1, *[1] * (out.dim() - channel - 1))
 
-    return run_rounded(graph, images, correct)
+    return run_rounded(graph, images, correct, float_layers)
 
 
 Visit = Callable[[Layer, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def run_rounded(graph: GraphModule, images: torch.Tensor, visit: Visit) -> int:
+def run_rounded(graph: GraphModule, images: torch.Tensor, visit: Visit, float_layers: tuple[str, ...] = ()) -> int:
     """Run the graph twice side by side on `images`: as it is (float), and with its conv/linear weights
     int8-rounded as `visit` decides. At each layer, `visit(layer, rounded input, float output)` may
     change the layer and returns its output in the rounded network. Returns how many layers it
-    visited. (Bias correction and AdaRound both walk the network this way.)"""
-    by_node = {layer.node: layer for layer in layers(graph)}
+    visited. (Bias correction and AdaRound both walk the network this way.) The layers a plan
+    leaves float (edgeq.quantize.plan) are not visited: they run as they are in both networks."""
+    by_node = {layer.node: layer for layer in layers(graph) if layer.name not in float_layers}
     last_use: dict[Node, Node] = {}
     for node in graph.graph.nodes:
         for used in node.all_input_nodes:

@@ -55,6 +55,14 @@ class Layer:
         return self.graph.get_submodule(str(self.node.target)) if self.node.op == "call_module" else None
 
     @property
+    def name(self) -> str:
+        """What plans call it (edgeq.quantize.plan): its weight's name without ".weight"."""
+        if self.module is not None:
+            return str(self.node.target)
+        target = str(self.node.args[1].target)
+        return target[:-len(".weight")] if target.endswith(".weight") else target
+
+    @property
     def is_linear(self) -> bool:
         return isinstance(self.module, nn.Linear) or self.node.target is F.linear
 
@@ -77,22 +85,30 @@ class Layer:
         return attribute(self.graph, self.node.args[2]) if self.node.args[2] is not None else None
 
     def set(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        """Give the layer these (new) parameters, in place: other users of the old ones keep them."""
+        """Give the layer these (new) parameters. A functional layer keeps its weight's name (the
+        name float-layer plans use, see edgeq.quantize.plan) unless another node reads it too: then
+        this layer gets parameters of its own and the others keep the old ones."""
         weight, bias = nn.Parameter(weight.detach().clone(), False), nn.Parameter(bias.detach().clone(), False)
         module = self.module
         if module is not None:
             module.weight, module.bias = weight, bias
             return
-        name = f"edgeq_{self.node.name}"
-        self.graph.register_parameter(f"{name}_weight", weight)
-        self.graph.register_parameter(f"{name}_bias", bias)
-        if self.node.args[1].target == f"{name}_weight" and getattr(self.node.args[2], "target", None) == f"{name}_bias":
-            return  # set before: the graph already reads these names
-        with self.graph.graph.inserting_before(self.node):
-            args = list(self.node.args)
-            args[1] = self.graph.graph.get_attr(f"{name}_weight")
-            args[2] = self.graph.graph.get_attr(f"{name}_bias")
+        args = list(self.node.args)
+        for i, value, suffix in ((1, weight, "weight"), (2, bias, "bias")):
+            old = args[i]
+            if isinstance(old, Node) and self._sole_reader(old):
+                _set_attribute(self.graph, str(old.target), value)
+                continue
+            name = f"edgeq_{self.node.name}_{suffix}"
+            self.graph.register_parameter(name, value)
+            with self.graph.graph.inserting_before(self.node):
+                args[i] = self.graph.graph.get_attr(name)
         self.node.args = tuple(args)
+
+    def _sole_reader(self, attr: Node) -> bool:
+        """Whether this layer is all that reads the get_attr's tensor."""
+        readers = [n for n in self.graph.graph.nodes if n.op == "get_attr" and n.target == attr.target]
+        return readers == [attr] and set(attr.users) == {self.node}
 
     def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer on x with another weight and bias."""
@@ -155,6 +171,11 @@ def fold_batchnorm(graph: GraphModule) -> int:
 
 def _is_attr(value: object) -> bool:
     return isinstance(value, Node) and value.op == "get_attr"
+
+
+def _set_attribute(graph: GraphModule, target: str, value: nn.Parameter) -> None:
+    owner, _, name = target.rpartition(".")
+    setattr(graph.get_submodule(owner) if owner else graph, name, value)
 
 
 def attribute(graph: GraphModule, node: Node) -> torch.Tensor:

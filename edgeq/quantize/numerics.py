@@ -6,6 +6,10 @@ is where to look (its range, its weights, or leave it float).
 Both graphs come from torch.export of the same model, so an op keeps its name in both (conv2d_7,
 add_2, …). A conv whose float output feeds a BatchNorm is compared at the BatchNorm's output: the
 int8 graph has folded it into the conv. Names shown are the float model's module paths.
+
+For a conv or linear, the SQNR of its input is measured too (the int8 graph's input as the layer
+reads it, rounding included): the difference is what the layer itself adds, the ranking an
+accuracy-budget search starts from (budget.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 from torch.fx import GraphModule, Interpreter, Node
 
 from edgeq.manifest import LayerError, LayerNumerics
+from edgeq.quantize.plan import weight_layer
 
 # Ops whose output is a layer's output (views, getitems and Q/DQ are not).
 _LAYER_OPS = {"conv1d", "conv2d", "conv3d", "linear", "add", "mul", "cat", "relu", "relu6", "hardtanh", "hardswish",
@@ -67,32 +72,54 @@ class _Capture(Interpreter):
         return out
 
 
+def _input_of(graph: GraphModule, name: str) -> str | None:
+    node = next((n for n in graph.graph.nodes if n.name == name), None)
+    return node.args[0].name if node is not None and node.args and isinstance(node.args[0], Node) else None
+
+
 @torch.no_grad()
-def layer_errors(reference: nn.Module, quantized: GraphModule, images: np.ndarray, flow: str) -> LayerNumerics:
+def layer_errors(reference: nn.Module, quantized: GraphModule, images: np.ndarray, flow: str,
+                 float_layers: tuple[str, ...] = ()) -> LayerNumerics:
     """SQNR of every layer output of `quantized` against `reference` (both torch.export graphs of the
-    model; `reference` float) on `images`, in network order."""
+    model; `reference` float) on `images`, in network order. `float_layers`: the plan's, marked."""
     if not isinstance(reference, GraphModule):
         raise TypeError("the float reference must be a torch.export graph module")
     pairs = compared_nodes(reference, quantized)
-    signal = {name: 0.0 for name in pairs}
-    noise = {name: 0.0 for name in pairs}
+    layers = {node.name: weight_layer(node) for node in reference.graph.nodes if node.name in pairs}
+    # (float node, int8 node) value pairs measured: each layer's output, and each conv/linear's input
+    measured = {name: (holder, name) for name, (holder, _, _) in pairs.items()}
+    for name, layer in layers.items():
+        inputs = (_input_of(reference, name), _input_of(quantized, name))
+        if layer is not None and None not in inputs:
+            measured[f"{name}:input"] = inputs
+    signal = {key: 0.0 for key in measured}
+    noise = {key: 0.0 for key in measured}
     for i in range(0, len(images), BATCH):
         x = torch.from_numpy(images[i:i + BATCH])
-        floats = _Capture(reference, {holder for holder, _, _ in pairs.values()})
+        floats = _Capture(reference, {f for f, _ in measured.values()})
         floats.run(x)
-        ints = _Capture(quantized, set(pairs))
+        ints = _Capture(quantized, {q for _, q in measured.values()})
         ints.run(x)
-        for name, (holder, _, _) in pairs.items():
-            f, q = floats.values.get(holder), ints.values.get(name)
+        for key, (f_name, q_name) in measured.items():
+            f, q = floats.values.get(f_name), ints.values.get(q_name)
             if f is None or q is None or f.shape != q.shape:
                 continue
-            signal[name] += float((f ** 2).sum())
-            noise[name] += float(((f - q) ** 2).sum())
+            signal[key] += float((f ** 2).sum())
+            noise[key] += float(((f - q) ** 2).sum())
+
+    def sqnr(key: str) -> float | None:
+        if key not in signal or signal[key] == 0.0 or noise[key] == 0.0:
+            return None
+        return 10 * math.log10(signal[key] / noise[key])
+
     numerics = LayerNumerics(flow=flow, images=len(images))
     for name, (_, path, op) in pairs.items():
         if signal[name] == 0.0 and noise[name] == 0.0:
             continue
-        sqnr = 10 * math.log10(signal[name] / noise[name]) if noise[name] > 0 and signal[name] > 0 else None
-        numerics.layers.append(LayerError(node=name, module=path, op=op,
-                                          sqnr_db=None if sqnr is None else round(sqnr, 2)))
+        out, into = sqnr(name), sqnr(f"{name}:input")
+        layer = layers.get(name)
+        numerics.layers.append(LayerError(
+            node=name, module=path, op=op, sqnr_db=None if out is None else round(out, 2), layer=layer,
+            added_db=round(into - out, 2) if into is not None and out is not None else None,
+            kept_float=layer is not None and layer in float_layers))
     return numerics

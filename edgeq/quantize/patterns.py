@@ -21,6 +21,8 @@ onnxruntime for static .onnx).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.fx import GraphModule, Node
 
@@ -64,9 +66,37 @@ def observe_after_relu6(model: GraphModule) -> int:
     return moved
 
 
+_PADS = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+
+
+def quantize_pads_before_float(model: GraphModule, is_quantized: Callable[[Node], bool]) -> int:
+    """Give a zero pad that feeds a float conv (a float layer of a plan, edgeq.quantize.plan) its
+    input's quantization spec. XNNPACK's InsertPadQDQPass (ExecuTorch 1.5.1) adds a Q/DQ after every
+    pad that reads a dequantized tensor, assuming its consumer is int8: a float conv after it then
+    fails to lower ("Weight and Input should both be quantized"). A pad quantized here leaves a Q
+    after itself and the pass alone. Returns how many pads were annotated."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    key = "quantization_annotation"
+    done = 0
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in _PADS or node.meta.get(key) is not None:
+            continue
+        producer = node.args[0]
+        annotation = producer.meta.get(key) if isinstance(producer, Node) else None
+        if annotation is None or annotation.output_qspec is None or all(is_quantized(u) for u in node.users):
+            continue
+        shared = SharedQuantizationSpec(producer)
+        node.meta[key] = QuantizationAnnotation(input_qspec_map={producer: shared}, output_qspec=shared,
+                                                _annotated=True)
+        done += 1
+    return done
+
+
 def xnnpack_quantizer(per_channel: bool, qat: bool, calibration: tuple[str, float] | None = None):
     """The XNNPACK quantizer with the ReLU6 pattern (see the module docstring). `calibration`:
-    (method, percentile) for static quantization's activation observers (edgeq.quantize.observers)."""
+    (method, percentile) for static quantization's activation observers (edgeq.quantize.observers).
+    A filter function (set_filter_function) leaves layers in float; see quantize_pads_before_float."""
     import dataclasses
 
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
@@ -78,9 +108,15 @@ def xnnpack_quantizer(per_channel: bool, qat: bool, calibration: tuple[str, floa
 
     class EdgeqXNNPACKQuantizer(XNNPACKQuantizer):
         def annotate(self, model: GraphModule) -> GraphModule:
+            if not any("batch_norm" in str(n.target) for n in model.graph.nodes):
+                # BN folded already (edgeq.quantize.fold): matching the conv+BN patterns would cost
+                # a dozen torch.export traces of pattern graphs, most of a small model's prepare.
+                self.SUPPORTED_PATTERNS = [p for p in type(self).SUPPORTED_PATTERNS if "_bn" not in p.name]
             model = self._annotate_for_quantization_config(model)
             observe_after_relu6(model)
             propagate_annotation(model)
+            if self.filter_fn is not None:
+                quantize_pads_before_float(model, self.filter_fn)
             return model
 
     config = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)

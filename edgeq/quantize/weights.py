@@ -1,6 +1,7 @@
 """The float model's weights made ready for int8, before any flow quantizes them: BatchNorm folded,
 cross-layer equalization (opt-in), AdaRound (opt-in), empirical bias correction (default). One traced copy serves
 every static flow (.pte, .onnx, .ptl), so each rounds the same weights and gets the same biases.
+The layers a plan leaves float (recipe.float_layers) keep their weights: nothing rounds them.
 The float artifacts and the reference outputs keep the model as given."""
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from edgeq.quantize.equalize import equalize
 from edgeq.quantize.fold import fold_batchnorm, trace
 
 
-def ready_for_int8(model: nn.Module, recipe: QuantRecipe, images: torch.Tensor) -> tuple[nn.Module, WeightSteps]:
-    """The model to quantize, and what was done. With both steps off, the model as given.
-    A model torch.fx cannot trace is returned as given, with the reason."""
-    if not (recipe.equalization or recipe.adaround or recipe.bias_correction):
+def ready_for_int8(model: nn.Module, recipe: QuantRecipe, images: torch.Tensor,
+                   fold: bool = False) -> tuple[nn.Module, WeightSteps]:
+    """The model to quantize, and what was done. With every step off, the model as given (unless
+    `fold`: then BN folded all the same). A model torch.fx cannot trace is returned as given, with
+    the reason."""
+    if not (recipe.equalization or recipe.adaround or recipe.bias_correction or fold):
         return model, WeightSteps()
     try:
         graph = trace(copy.deepcopy(model).eval())
@@ -35,8 +38,9 @@ def ready_for_int8(model: nn.Module, recipe: QuantRecipe, images: torch.Tensor) 
     used = images[:recipe.correction_images]
     if recipe.adaround:
         steps.images = len(used)
-        steps.adarounded_layers = adaround(graph, used, recipe.per_channel)
+        steps.adarounded_layers = adaround(graph, used, recipe.per_channel, float_layers=recipe.float_layers)
     if recipe.bias_correction:  # after AdaRound: what mean error its rounding leaves
         steps.images = len(used)
-        steps.bias_corrected_layers = correct_bias(graph, used, recipe.per_channel)
+        steps.bias_corrected_layers = correct_bias(graph, used, recipe.per_channel, recipe.float_layers)
     return graph, steps
+
