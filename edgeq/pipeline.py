@@ -28,8 +28,7 @@ from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, open_images
 from edgeq.errors import EdgeqError
 from edgeq.export import onnx, pte, ptl
 from edgeq.manifest import (PLAN, Artifact, CheckImages, DataRecord, FloatPlan, HostCheck, ImagesUsed, LayerNumerics,
-                            Manifest,
-                            Model, Reference, Training, WeightSteps, check_replaceable, dumps, sha256_file,
+                            Manifest, Model, Reference, Training, WeightSteps, check_replaceable, dumps, sha256_file,
                             staged_output, write_atomic)
 from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement

@@ -99,7 +99,8 @@ def plan_note(plan: FloatPlan) -> str:
     costs = "; ".join(f"{s.layer}: {s.params:,} weights kept fp32 (+{3 * s.params / 1e3:.1f} kB), "
                       f"{s.fp32_macs / 1e6:.2f} M MACs/image in fp32" for s in plan.steps)
     verdict = "budget met" if plan.met else f"budget NOT met ({plan.stopped})"
-    return (f"Accuracy budget ({name} may drop {plan.max_drop:g} points): float layers {layers}; {name} "
+    points = "point" if plan.max_drop == 1 else "points"
+    return (f"Accuracy budget ({name} may drop {plan.max_drop:g} {points}): float layers {layers}; {name} "
             f"{plan.int8_score:.2f}% all int8 → {plan.score:.2f}% (float {plan.float_score:.2f}%) on {plan.images} "
             f"check images (PT2E model on the host), {verdict}; {plan.evaluations} candidate models in "
             f"{plan.seconds:.0f} s." + (f" Cost: {costs}." if costs else ""))

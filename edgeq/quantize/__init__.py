@@ -91,10 +91,7 @@ def pt2e_quantizer(name: str, recipe: QuantRecipe, qat: bool = False):  # -> tor
 
     if not per_channel:
         raise EdgeqError("the x86 quantizer only has per-channel weights: drop --per-tensor or use --backend qnnpack")
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
-    for name in recipe.float_layers:  # reaches conv and linear modules (their module path is the name)
-        quantizer.set_module_name_qconfig(name, None)
-    return quantizer
+    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
 
 
 def prepare(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,

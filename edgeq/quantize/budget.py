@@ -2,8 +2,9 @@
 
 The search, as NNCF's accuracy control does it for OpenVINO: start fully int8; while the metric
 drops more than the budget, rank the int8 layers cheaply (`rank`: the metric, then the logit SQNR,
-gained when that layer alone runs float in the int8 graph as it is, on up to 500 images), confirm the top few on the real metric (each candidate quantized for real with that layer float, and scored on the check
-images), and return the best of them to float. Re-rank after each step: what is worst changes once
+gained when that layer alone runs float in the int8 graph as it is, on up to 500 images), confirm
+the top few on the real metric (each candidate quantized for real with that layer float, and
+scored on all check images), and return the best of them to float. Re-rank after each step: what is worst changes once
 a layer is float. Stop when the budget holds, at the layer limit, or when none of the candidates
 improves the metric (on a noisy metric, more float layers would buy nothing).
 
@@ -40,7 +41,7 @@ class Budget:
     metric: str  # "accuracy" | "agreement"
     max_drop: float  # percentage points
     max_float_layers: int = 8
-    candidates: int = 4  # top of the SQNR ranking confirmed on the metric, per step
+    candidates: int = 4  # top of the cheap ranking confirmed on the metric, per step
 
 
 @dataclass
@@ -181,11 +182,9 @@ def search(quantize: Callable[[tuple[str, ...]], GraphModule], reference: GraphM
         score = trials[best]
         params, macs = costs.get(best, (0, 0))
         steps.append(PlanStep(layer=best, score=score, candidates=trials, rank_gain=round(gains[best][0], 3),
-                              sqnr_gain_db=round(gains[best][1], 2),
-                              params=params, fp32_macs=macs))
+                              sqnr_gain_db=round(gains[best][1], 2), params=params, fp32_macs=macs))
     bar.remove_task(task)
-    plan = FloatPlan(float_layers=chosen, metric=budget.metric, max_drop=budget.max_drop, images=len(images),
-                     float_score=baseline, int8_score=int8_score, score=score,
-                     met=baseline - score <= budget.max_drop, stopped=stopped, steps=steps, evaluations=len(scorer.scores),
+    return FloatPlan(float_layers=chosen, metric=budget.metric, max_drop=budget.max_drop, images=len(images),
+                     float_score=baseline, int8_score=int8_score, score=score, met=baseline - score <= budget.max_drop,
+                     stopped=stopped, steps=steps, evaluations=len(scorer.scores),
                      seconds=round(time.perf_counter() - started, 1))
-    return plan
