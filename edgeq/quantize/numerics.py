@@ -8,8 +8,8 @@ add_2, …). A conv whose float output feeds a BatchNorm is compared at the Batc
 int8 graph has folded it into the conv. Names shown are the float model's module paths.
 
 For a conv or linear, the SQNR of its input is measured too (the int8 graph's input as the layer
-reads it, rounding included): the difference is what the layer itself adds, the ranking an
-accuracy-budget search starts from (budget.py).
+reads it, rounding included): the difference ("added dB") is what the layer itself costs, a first
+look at what to leave float (the accuracy-budget search, budget.py, ranks by the metric instead).
 """
 
 from __future__ import annotations
