@@ -76,7 +76,7 @@ class BudgetConfig:
     max_accuracy_drop: float | None = None
     max_agreement_drop: float | None = None
     max_float_layers: int = 8  # the search stops here, budget met or not
-    candidates: int = 4  # layers of the SQNR ranking confirmed on the metric per step
+    candidates: int = 4  # layers of the cheap ranking confirmed on the real metric per step
     plan: str | None = None
 
     def __post_init__(self) -> None:

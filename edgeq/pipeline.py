@@ -34,7 +34,7 @@ from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
 from edgeq.quantize import export_graph, quantize_static, quantizer_for
-from edgeq.quantize.budget import Budget, search as budget_search
+from edgeq.quantize.budget import search as budget_search
 from edgeq.quantize.numerics import layer_errors
 from edgeq.quantize.plan import check_known, exported_layers
 from edgeq.quantize.weights import ready_for_int8
@@ -251,8 +251,7 @@ def _float_plan(job: Job, calib: np.ndarray, check: CheckSet) -> FloatPlan:
     unrounded, _ = ready_for_int8(model, replace(recipe, adaround=False, bias_correction=False),
                                   torch.from_numpy(calib), fold=True)
     folded = export_graph(unrounded, shape, dynamic_batch=True).module()
-    plan = budget_search(quantize, job.reference(), folded, images, labels,
-                         Budget(budget.metric, budget.max_drop, budget.max_float_layers, budget.candidates), job.bar)
+    plan = budget_search(quantize, job.reference(), folded, images, labels, budget, job.bar)
     job.timings["budget_search"] = time.perf_counter() - t0
     return plan
 

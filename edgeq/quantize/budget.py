@@ -26,6 +26,7 @@ import torch
 from rich.progress import Progress
 from torch.fx import GraphModule, Interpreter, Node
 
+from edgeq.config import BudgetConfig
 from edgeq.manifest import FloatPlan, PlanStep
 from edgeq.quantize.fold import attribute
 from edgeq.quantize.patterns import is_relu6
@@ -34,14 +35,6 @@ from edgeq.quantize.plan import exported_layers, layer_costs
 RANK_IMAGES = 500  # check images the cheap ranking runs on (the first ones)
 BATCH = 64
 _QDQ = ("quantized_decomposed.quantize_per_tensor", "quantized_decomposed.dequantize_per_tensor")
-
-
-@dataclass(frozen=True)
-class Budget:
-    metric: str  # "accuracy" | "agreement"
-    max_drop: float  # percentage points
-    max_float_layers: int = 8
-    candidates: int = 4  # top of the cheap ranking confirmed on the metric, per step
 
 
 @dataclass
@@ -132,7 +125,7 @@ def _sqnr(reference: torch.Tensor, x: torch.Tensor) -> float:
 
 
 def search(quantize: Callable[[tuple[str, ...]], GraphModule], reference: GraphModule, folded: GraphModule,
-           images: np.ndarray, labels: np.ndarray | None, budget: Budget, bar: Progress) -> FloatPlan:
+           images: np.ndarray, labels: np.ndarray | None, budget: BudgetConfig, bar: Progress) -> FloatPlan:
     """The float layers that keep the drop within `budget`, and how each step scored.
     `quantize(float_layers)` returns a converted PT2E graph of `folded` (the torch.export graph of
     the model as quantized: weights made ready); `reference` is the float model's torch.export graph.

@@ -57,10 +57,7 @@ class Layer:
     @property
     def name(self) -> str:
         """What plans call it (edgeq.quantize.plan): its weight's name without ".weight"."""
-        if self.module is not None:
-            return str(self.node.target)
-        target = str(self.node.args[1].target)
-        return target[:-len(".weight")] if target.endswith(".weight") else target
+        return str(self.node.target) if self.module is not None else layer_of(str(self.node.args[1].target))
 
     @property
     def is_linear(self) -> bool:
@@ -171,6 +168,11 @@ def fold_batchnorm(graph: GraphModule) -> int:
 
 def _is_attr(value: object) -> bool:
     return isinstance(value, Node) and value.op == "get_attr"
+
+
+def layer_of(weight_name: str) -> str:
+    """A layer's name in plans (edgeq.quantize.plan), from its weight's: classifier.1.weight → classifier.1"""
+    return weight_name[:-len(".weight")] if weight_name.endswith(".weight") else weight_name
 
 
 def _set_attribute(graph: GraphModule, target: str, value: nn.Parameter) -> None:

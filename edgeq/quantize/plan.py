@@ -24,15 +24,10 @@ from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.fold import CONV_FUNCTIONS, CONV_MODULES, attribute
+from edgeq.quantize.fold import CONV_FUNCTIONS, CONV_MODULES, attribute, layer_of
 
 WEIGHTED_ONNX_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 WEIGHTED_ATEN = {"conv1d", "conv2d", "conv3d", "linear", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
-
-
-def layer_of(weight_name: str) -> str:
-    """classifier.1.weight → classifier.1"""
-    return weight_name[:-len(".weight")] if weight_name.endswith(".weight") else weight_name
 
 
 def weight_layer(node: Node) -> str | None:
