@@ -346,14 +346,32 @@ def report_cmd(folder: Path, md_path: Path | None, html_path: Path | None) -> No
         report.write_one(html_path, report.html(manifest))
 
 
-@main.command("android")
+class _AndroidCommands(click.Group):
+    """`edgeq android DIST APP` is `edgeq android install DIST APP`: the first argument names a
+    subcommand only when it is one."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["install", *args]
+        return super().resolve_command(ctx, args)
+
+
+@main.group("android", cls=_AndroidCommands)
+def android_group() -> None:
+    """The Android demo app: `edgeq android DIST APP [--apk PATH]` puts an export into it (and builds
+    an APK offline); `edgeq android check APK` runs that APK's own runtime on its model."""
+
+
+@android_group.command("install")
 @click.argument("dist", type=click.Path(path_type=Path))
 @click.argument("app", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
               help="which .pte the app bundles")
 @click.option("--apk", "apk_path", type=click.Path(path_type=Path), default=None,
-              help="also build a debug APK here, offline (no Gradle): checked for build and packaging, not run")
-def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) -> None:
+              help="also build a debug APK here, offline (no Gradle), and run its runtime on the model (see check)")
+@click.option("--check/--no-check", "run_check", default=True, show_default=True,
+              help="with --apk: run the APK's ExecuTorch runtime on its golden inputs under QEMU")
+def android_install(dist: Path, app: Path, precision: str, apk_path: Path | None, run_check: bool) -> None:
     """Put an export's .pte, labels, preprocessing, sample images and golden data into the Android
     demo's assets (APP/app/src/main/assets); then open APP in Android Studio and run it."""
     from edgeq.android import apk, assets
@@ -368,10 +386,51 @@ def android_cmd(dist: Path, app: Path, precision: str, apk_path: Path | None) ->
         click.echo(f"next: open {app} in Android Studio and Run (or ./gradlew installDebug; "
                    "./gradlew connectedAndroidTest runs the golden-output test on a device)")
         return
+    newer = assets.newer_than_runtime(result.executorch_export)
+    if newer:
+        console.print(f"edgeq: warning: {newer}{'' if run_check else ' (skipped: --no-check)'}")
     check = apk.build(app, apk_path, log=lambda line: console.print(f"android: {line}"))
     click.echo(f"{check.path}: {check.bytes / 1e6:.1f} MB, {check.package}, minSdk {check.min_sdk}, "
                f"{', '.join(check.native_code)}, {check.entries} entries, model.pte stored uncompressed, "
-               f"signature {'+'.join(check.signatures)} verified; built and packaged offline, not run on a device")
+               f"signature {'+'.join(check.signatures)} verified")
+    if run_check:
+        _android_runtime_check(apk_path, console)
+    else:
+        click.echo("runtime not checked (--no-check): edgeq android check " + str(apk_path))
+
+
+@android_group.command("check")
+@click.argument("apk_path", metavar="APK", type=click.Path(path_type=Path))
+def android_check(apk_path: Path) -> None:
+    """Run the APK's own ExecuTorch runtime (lib/arm64-v8a/libexecutorch.so) on its packaged model
+    and golden inputs, on an emulated arm64 phone core (QEMU), and compare with the golden outputs.
+    Proves the native runtime runs the model; not JNI, the Java app, or a phone."""
+    from edgeq.android import apk
+
+    console = plain_console(stderr=True)
+    apk.check(apk_path)  # packaging and signature first: a tampered APK is refused before it is run
+    _android_runtime_check(apk_path, console)
+
+
+def _android_runtime_check(apk_path: Path, console: Any) -> None:
+    from edgeq.android import runtime_check
+
+    result = runtime_check.check(apk_path, log=lambda line: console.print(f"android: {line}"))
+    for s in result.samples:
+        mark = "ok" if s.ok and s.max_diff <= result.atol else "DIFFERS"
+        click.echo(f"  {s.image:28s} max |diff| {s.max_diff:.4g}  top-1 {s.top1} (golden {s.golden_top1})  "
+                   f"{s.execute_ms:.1f} ms emulated  {mark}")
+    summary = (f"{result.runtime} ran model.pte (exported with ExecuTorch {result.exported_with}) on "
+               f"{len(result.samples)} golden inputs on an emulated {result.cpu}: max |diff| {result.max_diff:.4g} "
+               f"(output_atol {result.atol:.4g}), top-1 equal on {sum(s.ok for s in result.samples)}/"
+               f"{len(result.samples)}; load {result.load_ms:.0f} ms; check {result.seconds:.1f} s")
+    if not result.passed:
+        bad = [s for s in result.samples if not (s.ok and s.max_diff <= result.atol)]
+        raise EdgeqError(f"{apk_path}: the APK's runtime gives outputs unlike the golden ones on {len(bad)}/"
+                         f"{len(result.samples)} inputs (first: {bad[0].image}, max |diff| {bad[0].max_diff:.4g}, "
+                         f"top-1 {bad[0].top1} vs {bad[0].golden_top1}): {summary}")
+    click.echo(f"{apk_path}: runtime check passed: {summary}. Emulated times are QEMU's, not a phone's; "
+               "JNI and the Java app are not exercised")
 
 
 @main.command("farm", context_settings={"ignore_unknown_options": True})

@@ -1,16 +1,18 @@
 """The demo app's APK, built offline without Gradle or an Android SDK download, and checked.
 
 This proves the app compiles against Android's API and ExecuTorch's Java API, dexes, and packages
-into a signed, aligned APK with the model stored uncompressed and the arm64-v8a runtime inside. It
-does not prove the app runs: nothing here runs Android. The ExecuTorch runtime packaged here comes
-from npm (about ExecuTorch 1.0) and needs fbjni's and SoLoader's Java classes at run time, which
-only Maven has; the Gradle project (android_demo/) gets the matching runtime from Maven Central.
+into a signed, aligned APK with the model stored uncompressed and the arm64-v8a runtime inside.
+`edgeq android check` (runtime_check.py) then runs that runtime on the packaged model. Nothing here
+runs Android itself: the runtime packaged here comes from npm (ExecuTorch 1.1.0, the newest whose
+Java classes Debian's dx accepts) and needs fbjni's and SoLoader's Java classes at run time, which
+only Maven has; the Gradle project (android_demo/) gets its runtime from Maven Central.
 
 What it fetches, into the cache (EDGEQ_CACHE, default ~/.cache/edgeq) under android/:
     platform/   android.jar (API 23) and the dx dexer: Debian 11 packages libandroid-23-java and
                 dalvik-exchange, through a private APT configuration (Debian 12 has neither)
-    runtime/    ExecuTorch's Java API (classes.jar) and libexecutorch.so from the npm package
-                react-native-executorch; libfbjni.so and libc++_shared.so from react-native's .aar
+    runtime/    ExecuTorch's Java API (classes.jar), libexecutorch.so and its C++ headers (include/) from
+                the npm package react-native-executorch; libfbjni.so and libc++_shared.so from
+                react-native's .aar
 Host tools (Debian 12 packages): aapt, zipalign, apksigner, and a JDK (javac, java, keytool).
 """
 
@@ -30,10 +32,15 @@ from edgeq import fetch
 from edgeq.errors import EdgeqError
 from edgeq.fetch import DEBIAN, Log
 from edgeq.manifest import sha256_file, write_atomic
+from edgeq.paths import inside
 
 STEP = "android apk"
 PLATFORM_PACKAGES = ("libandroid-23-java", "dalvik-exchange")
-EXECUTORCH_NPM = "react-native-executorch@0.7.3"
+EXECUTORCH_NPM = "react-native-executorch@0.8.5"
+# The ExecuTorch release inside it: the library carries no version string, so this is the package's
+# documented one (0.8.x: 1.1.0). 0.9.x (1.3) ships Java 11 classes that dx rejects.
+RUNTIME_EXECUTORCH = "1.1.0"
+HEADERS = ("executorch", "c10", "torch")  # under package/third-party/include: what the runtime's API includes
 FBJNI_NPM = "react-native@0.70.15"
 ABI = "arm64-v8a"
 HOST_TOOLS = ("aapt", "zipalign", "apksigner", "javac", "java", "keytool")
@@ -49,6 +56,7 @@ class Toolchain:
     executorch_jar: Path
     native_libs: tuple[Path, ...]  # lib/arm64-v8a/*.so
     keystore: Path
+    headers: Path  # the runtime's C++ headers
 
 
 @dataclass
@@ -83,7 +91,7 @@ def toolchain(log: Log = lambda _: None) -> Toolchain:
                    "-dname", "CN=Android Debug,O=Android,C=US"], "create a debug signing key", STEP)
         os.replace(tmp, keystore)
     return Toolchain(platform / "android.jar", platform / "dx.jar", runtime / "executorch-classes.jar",
-                     tuple(sorted((runtime / "lib" / ABI).glob("*.so"))), keystore)
+                     tuple(sorted((runtime / "lib" / ABI).glob("*.so"))), keystore, runtime / "include")
 
 
 def _platform(out: Path) -> None:
@@ -111,7 +119,8 @@ def _runtime(out: Path) -> None:
         (out / "lib" / ABI).mkdir(parents=True)
         executorch = _members(next(scratch.glob("react-native-executorch-*.tgz")), {
             "package/android/libs/classes.jar": out / "executorch-classes.jar",
-            f"package/third-party/android/libs/executorch/{ABI}/libexecutorch.so": out / "lib" / ABI / "libexecutorch.so"})
+            f"package/third-party/android/libs/executorch/{ABI}/libexecutorch.so": out / "lib" / ABI / "libexecutorch.so"},
+            {f"package/third-party/include/{h}/": out / "include" / h for h in HEADERS})
         aar = "package/android/com/facebook/react/react-native/0.70.15/react-native-0.70.15-release.aar"
         _members(next(scratch.glob("react-native-0*.tgz")), {aar: scratch / "react-native.aar"})
         with zipfile.ZipFile(scratch / "react-native.aar") as z:
@@ -122,13 +131,21 @@ def _runtime(out: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _members(tgz: Path, wanted: dict[str, Path]) -> str:
-    """Extract the named files of an npm tarball; an error names the ones it lacks."""
+def _members(tgz: Path, wanted: dict[str, Path], folders: dict[str, Path] | None = None) -> str:
+    """Extract the named files, and the regular files under the named folders, of an npm tarball; an
+    error names what it lacks. Member names are checked to stay inside their folder."""
+    folders = folders or {}
     with tarfile.open(tgz) as tar:
         for member in tar:
             if member.name in wanted:
                 wanted[member.name].write_bytes(tar.extractfile(member).read())
+            prefix = next((p for p in folders if member.name.startswith(p)), None)
+            if prefix and member.isfile():
+                path = inside(folders[prefix], member.name[len(prefix):], f"{tgz.name} member")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(tar.extractfile(member).read())
     lacking = [name for name, path in wanted.items() if not path.is_file()]
+    lacking += [name for name, path in folders.items() if not path.is_dir()]
     if lacking:
         raise EdgeqError(f"{STEP}: {tgz.name} has no {', '.join(lacking)}: the npm package changed its layout")
     return tgz.name
@@ -184,9 +201,19 @@ def build(app: str | Path, out: str | Path, log: Log = lambda _: None) -> ApkChe
     return result
 
 
+def open_apk(apk: Path) -> zipfile.ZipFile:
+    """The APK as a zip, or a one-line error saying how to get one."""
+    if not apk.is_file():
+        raise EdgeqError(f"{apk} does not exist: build it with edgeq android DIST APP --apk {apk}")
+    try:
+        return zipfile.ZipFile(apk)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise EdgeqError(f"{apk} is not an APK ({e}): build one with edgeq android DIST APP --apk PATH") from None
+
+
 def check(apk: Path, expect: dict[str, str] | None = None) -> ApkCheck:
     """The entries the app needs, zipalign -c, apksigner verify and aapt dump badging."""
-    with zipfile.ZipFile(apk) as z:
+    with open_apk(apk) as z:
         infos = {i.filename: i for i in z.infolist()}
     lacking = [name for name in REQUIRED if name not in infos]
     problems = [f"lacks {', '.join(lacking)}"] if lacking else []

@@ -6,8 +6,9 @@ app's assets/ folder.
     preprocess.json    the export's preprocessing (the app's Java code applies it as edgeq does)
     samples/*.png      bundled images: held-out inputs from reference.npz, turned back into pixels
     golden/            what the app's tests compare against: golden.json (shapes, Python's top-5,
-                       tolerance), inputs.f32 (Python's preprocessing of samples/*.png) and
-                       outputs.f32 (the .pte's outputs on those inputs, run on the host by ExecuTorch)
+                       tolerance, the ExecuTorch runtime the offline APK packages), inputs.f32
+                       (Python's preprocessing of samples/*.png) and outputs.f32 (the .pte's outputs on
+                       those inputs, run on the host by ExecuTorch)
 
 Only these files are edgeq's: they are built in a staging folder beside assets/ (a failure leaves
 assets/ as it was), then moved in one by one, and `.edgeq-assets.json` lists them, so the next run
@@ -28,9 +29,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from packaging.version import InvalidVersion, Version
 from PIL import Image
 
 from edgeq import runner
+from edgeq.android import apk
 from edgeq.data import Preprocess
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest, verify_file, write_atomic
@@ -98,6 +101,19 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
     return AndroidAssets(final, written, count, precision, exporter, in_app, warnings)
 
 
+def newer_than_runtime(exporter: str | None) -> str | None:
+    """A warning when the .pte comes from a newer ExecuTorch than the offline APK's runtime (which
+    promises backward compatibility only), else None."""
+    try:
+        if exporter is None or Version(exporter) <= Version(apk.RUNTIME_EXECUTORCH):
+            return None
+    except InvalidVersion:
+        return None
+    return (f"the .pte was exported with ExecuTorch {exporter}, newer than the APK's runtime "
+            f"{apk.RUNTIME_EXECUTORCH} ({apk.EXECUTORCH_NPM}); ExecuTorch runs older models, not necessarily "
+            "newer ones: the runtime check decides")
+
+
 def _owned(assets: Path) -> set[str]:
     """The files the last `edgeq android` wrote in assets/ (none before the first)."""
     record = assets / OWNED
@@ -146,13 +162,16 @@ def _golden(assets: Path, pte: Path, reference: Path, preprocess: Preprocess, cl
         images.append((name, _to_image(inputs[i], preprocess), label))
     run = runner.load("pte", str(pte))
     return write_golden(assets, images, preprocess, lambda x: run(x[None])[0], precision,
-                        f"ExecuTorch {version('executorch')} on the host ({platform.machine()})")
+                        f"ExecuTorch {version('executorch')} on the host ({platform.machine()})",
+                        {"apk_runtime": {"executorch": apk.RUNTIME_EXECUTORCH, "package": apk.EXECUTORCH_NPM}})
 
 
 def write_golden(assets: Path, images: list[tuple[str, Image.Image, int | None]], preprocess: Preprocess,
-                 forward: Callable[[np.ndarray], np.ndarray], precision: str, produced_by: str) -> int:
+                 forward: Callable[[np.ndarray], np.ndarray], precision: str, produced_by: str,
+                 extra: dict | None = None) -> int:
     """samples/NAME.png for each image, and golden/: Python's preprocessing of each PNG as saved (the
-    parity reference), `forward` of those floats, and Python's top-5 of the outputs."""
+    parity reference), `forward` of those floats, and Python's top-5 of the outputs. `extra` goes
+    into golden.json as it is."""
     (assets / "samples").mkdir(exist_ok=True)
     (assets / "golden").mkdir(exist_ok=True)
     samples, floats, outputs = [], [], []
@@ -173,7 +192,7 @@ def write_golden(assets: Path, images: list[tuple[str, Image.Image, int | None]]
     (assets / "golden" / "golden.json").write_text(json.dumps({
         "input_shape": [1, *floats[0].shape], "num_classes": int(outputs_array.shape[1]),
         "inputs": "inputs.f32", "outputs": "outputs.f32", "output_atol": atol, "produced_by": produced_by,
-        "samples": samples}, indent=2) + "\n")
+        "samples": samples, **(extra or {})}, indent=2) + "\n")
     return len(samples)
 
 

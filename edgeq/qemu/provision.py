@@ -25,10 +25,11 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from edgeq import fetch
 from edgeq.qemu import stubs
@@ -106,8 +107,9 @@ def emulator(target_name: str, with_plugins: bool = False) -> Emulator:
     return emu
 
 
-def setup(with_plugins: bool = False, log: Log = lambda _: None) -> Emulator:
-    """Provision every missing step (idempotent: done steps are skipped)."""
+def setup(with_plugins: bool = False, log: Log = lambda _: None, native_only: bool = False) -> Emulator:
+    """Provision every missing step (idempotent: done steps are skipped). native_only: just QEMU and
+    the C library sysroot, what a native aarch64 program needs (no Python runtimes)."""
     for tool in ("apt-get", "dpkg-deb", "readelf", *(PLUGIN_HOST_TOOLS if with_plugins else ())):
         if shutil.which(tool) is None:
             raise EdgeqError(f"targets setup{' --with-plugins' if with_plugins else ''} needs {tool} on the host "
@@ -116,7 +118,9 @@ def setup(with_plugins: bool = False, log: Log = lambda _: None) -> Emulator:
     emu.root.mkdir(parents=True, exist_ok=True)  # an unwritable cache fails here, before any step
     steps: list[tuple[str, Callable[[Path, Path], None]]] = [
         ("qemu", _qemu), ("sysroot", _sysroot), ("wheels", _wheels), ("stubs", _stubs)]
-    if with_plugins:
+    if native_only:
+        steps = steps[:2]
+    elif with_plugins:
         steps.append(("plugins", _plugins))
     keys = _keys()
     for name, build in steps:
@@ -179,17 +183,23 @@ def _wheels(out: Path, root: Path) -> None:
 
 
 def _stubs(out: Path, root: Path) -> None:
-    zig = out.with_name(out.name + ".zig")
-    try:
-        _pip("install", "-q", "--target", str(zig), "ziglang", what="download the zig cross compiler (PyPI ziglang)")
-        cc = [sys.executable, "-m", "ziglang", "cc"]
-        env = {**os.environ, "PYTHONPATH": str(zig), "ZIG_GLOBAL_CACHE_DIR": str(zig / "cache"),
-               "ZIG_LOCAL_CACHE_DIR": str(zig / "cache")}
+    with zig_compiler(out.with_name(out.name + ".zig"), STEP) as compile:
         built = stubs.build(root / "wheels" / "torch", [root / "wheels", root / "sysroot"], root / "sysroot" /
-                            "usr" / "bin" / "python3.11", out, lambda args, what: fetch.run(cc + args, what, STEP, env=env))
+                            "usr" / "bin" / "python3.11", out, lambda args, what: compile(["cc", *args], what))
         (out / "STUBS").write_text("".join(f"{s}\n" for s in built))
+
+
+@contextmanager
+def zig_compiler(scratch: Path, step: str) -> Iterator[Callable[[list[str], str], str]]:
+    """zig (PyPI ziglang) in `scratch` for the duration: compile(["cc" or "c++", args…], what) runs
+    it and raises a one-line error on failure. zig cross-compiles to aarch64 glibc with no sysroot."""
+    try:
+        _pip("install", "-q", "--target", str(scratch), "ziglang", what="download the zig cross compiler (PyPI ziglang)")
+        env = {**os.environ, "PYTHONPATH": str(scratch), "ZIG_GLOBAL_CACHE_DIR": str(scratch / "cache"),
+               "ZIG_LOCAL_CACHE_DIR": str(scratch / "cache")}
+        yield lambda args, what: fetch.run([sys.executable, "-m", "ziglang", *args], what, step, env=env)
     finally:
-        shutil.rmtree(zig, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _plugins(out: Path, root: Path) -> None:
