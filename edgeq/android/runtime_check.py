@@ -35,7 +35,7 @@ from edgeq.errors import EdgeqError
 from edgeq.fetch import Log
 from edgeq.manifest import sha256_file
 from edgeq.paths import inside
-from edgeq.qemu import provision
+from edgeq.qemu import provision, stubs
 
 STEP = "android check"
 TARGET = "android-arm64"  # its qemu_cpu: a phone's big core
@@ -73,7 +73,7 @@ class RuntimeCheck:
     cpu: str
     atol: float
     load_ms: float
-    seconds: float  # the whole check, wall time
+    seconds: float  # the check's wall time, not counting the one-time build of its tools
     samples: list[SampleResult] = field(default_factory=list)
 
     @property
@@ -135,7 +135,7 @@ def check(apk: str | Path, log: Log = lambda _: None, timeout_s: float = TIMEOUT
     """Run the APK's runtime on its model and golden inputs; compare with the golden outputs. Raises
     EdgeqError with one line when the runtime refuses the model; returns the per-sample comparison."""
     apk = Path(apk)
-    apk_build.open_apk(apk).close()
+    apk_build.open_apk(apk).close()  # a missing or foreign file is refused before the tools are built
     emu, built = tools(log)
     start = time.monotonic()  # the check itself; building its tools once is not part of it
     runtime = json.loads((built / "RUNTIME").read_text())
@@ -211,7 +211,7 @@ def _unpack(apk: Path, work: Path, runtime_sha256: str) -> tuple[dict, str | Non
                          "so its C++ API may differ from the one the check calls: rebuild the APK with "
                          "edgeq android DIST APP --apk PATH")
     for lib in list((work / "lib").iterdir()):
-        soname = _soname(lib)
+        soname = stubs.dynamic(lib)[1]
         if soname and soname != lib.name:  # libexecutorch.so calls itself libexecutorch_jni.so
             lib.rename(lib.with_name(soname))
     for lib in (work / "lib").iterdir():
@@ -256,12 +256,6 @@ def _hint(code: int) -> str:
     if code in (0x30, 0x32, 0x23, 0x01):
         return "; the .pte's delegate data is damaged or newer than this runtime: re-export and rebuild the APK"
     return ""
-
-
-def _soname(lib: Path) -> str | None:
-    out = subprocess.run(["readelf", "-dW", str(lib)], capture_output=True, text=True).stdout
-    m = re.search(r"\(SONAME\)\s+Library soname: \[(.+)\]", out)
-    return m.group(1) if m else None
 
 
 def clear_bionic_versions(lib: Path) -> int:

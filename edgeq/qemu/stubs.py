@@ -35,10 +35,10 @@ def build(scan: Path, available: list[Path], executable: Path, out: Path, compil
         for path in _shared_objects(root, include_links=True):
             have.setdefault(path.name, path)
             if not path.is_symlink():
-                soname = _dynamic(path)[1]
+                soname = dynamic(path)[1]
                 if soname:
                     have.setdefault(soname, path)
-    needs = {p: _dynamic(p)[0] for p in _shared_objects(scan)}
+    needs = {p: dynamic(p)[0] for p in _shared_objects(scan)}
     missing = sorted({n for ns in needs.values() for n in ns if n not in have})
     defined = {name for p in {*have.values(), executable} if not p.is_symlink()
                for name, _, _, _, undefined in _symbols(p) if not undefined}
@@ -120,7 +120,7 @@ def _shared_objects(root: Path, include_links: bool = False) -> Iterator[Path]:
             yield path
 
 
-def _dynamic(path: Path) -> tuple[list[str], str | None]:
+def dynamic(path: Path) -> tuple[list[str], str | None]:
     """(NEEDED sonames, SONAME)."""
     needed, soname = [], None
     for line in _readelf("-d", str(path)).splitlines():

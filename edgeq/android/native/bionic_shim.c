@@ -1,8 +1,9 @@
 /* Android's C library (bionic) on Debian's glibc, for running the APK's libexecutorch.so under
  * qemu-aarch64. Built as libc.so (preloaded, so its definitions come first), beside empty libm.so,
- * libdl.so and liblog.so: the sonames the library needs, carrying bionic's symbol version LIBC.
- * glibc binds a reference such as malloc@LIBC to its own default malloc, so only what bionic has
- * and glibc lacks, or has with other numbers or layouts, is here. */
+ * libdl.so, liblog.so and libandroid.so: the sonames the libraries need, carrying bionic's symbol
+ * version LIBC. The check makes the libraries' references unversioned in its copies
+ * (runtime_check.clear_bionic_versions), so glibc's own malloc and the rest serve them; only what
+ * bionic has and glibc lacks, or has with other numbers or layouts, is here. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
