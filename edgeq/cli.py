@@ -269,7 +269,8 @@ def targets_setup(name: str, with_plugins: bool) -> None:
 @click.option("--runs", type=int, default=20, show_default=True, help="timed runs per artifact")
 @click.option("--warmup", type=int, default=3, show_default=True, help="untimed runs first")
 @click.option("--threads", type=int, default=1, show_default=True, help="runtime threads")
-@click.option("--samples", type=int, default=None, help="reference inputs compared [default: all in reference.npz]")
+@click.option("--samples", type=int, default=None, help="reference inputs each artifact runs [default: 32, one per class first; all "
+              "in reference.npz for an artifact whose outputs differ from the host's]")
 @click.option("--count-instructions", is_flag=True, help="guest instructions per inference (needs targets setup "
               "NAME --with-plugins)")
 @click.option("--timeout", type=float, default=900, show_default=True, help="seconds per artifact")

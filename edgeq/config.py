@@ -193,7 +193,7 @@ class ValidateConfig:
     runs: int = 20  # timed runs per artifact
     warmup: int = 3
     threads: int = 1
-    samples: int | None = None  # reference inputs compared (default: all)
+    samples: int | None = None  # reference inputs each artifact runs (default: validate.PARITY_SAMPLES)
     count_instructions: bool = False
     timeout: float = 900.0  # seconds per artifact
     thresholds: ThresholdOverrides = field(default_factory=ThresholdOverrides)

@@ -192,3 +192,12 @@ def read_idx(path: Path) -> np.ndarray:
         raise EdgeqError(f"{path} is not a uint8 IDX file: reinstall dataset-fashion-mnist")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def one_per_class_first(labels: np.ndarray | None, available: int, limit: int) -> list[int]:
+    """Positions of `limit` samples: the first of each class (where there are labels), then the next
+    ones in order."""
+    first = [] if labels is None else sorted(np.unique(labels[:available], return_index=True)[1].tolist())[:limit]
+    taken = set(first)
+    rest = [i for i in range(available) if i not in taken][:limit - len(first)]
+    return sorted(first + rest)

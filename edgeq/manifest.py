@@ -54,6 +54,19 @@ class Latency:
 
 
 @dataclass
+class Parity:
+    """The artifact's outputs on a target against its own outputs on the host, on the same inputs:
+    the proof that the target computes what the host check measured."""
+
+    samples: int
+    max_abs_diff: float | None  # None: the target's outputs were not all finite
+    tolerance: float  # the kernels' rounding allowed (validate.output_tolerance)
+    identical: int  # samples whose outputs are bit-identical
+    top1_same: float  # share of samples with the host's top-1
+    passed: bool
+
+
+@dataclass
 class TargetRun:
     """One artifact run on one target by `edgeq validate`: what ran where, how it compared, how long it took."""
 
@@ -73,7 +86,9 @@ class TargetRun:
     peak_rss_mb: float | None = field(default=None, metadata=OMIT)  # under QEMU: the emulator's, buffers included
     latency_ms: Latency | None = field(default=None, metadata=OMIT)
     wall_s: float | None = field(default=None, metadata=OMIT)
-    check: HostCheck | None = field(default=None, metadata=OMIT)
+    check: HostCheck | None = field(default=None, metadata=OMIT)  # against the float model, on these inputs
+    host_parity: Parity | None = field(default=None, metadata=OMIT)  # against the host's outputs
+    gates: list[str] = field(default_factory=list, metadata=OMIT)  # what `passed` required
     instructions_per_inference: int | None = field(default=None, metadata=OMIT)
     instructions_counted_over: int | None = field(default=None, metadata=OMIT)
 
@@ -91,13 +106,14 @@ class Model:
 
 @dataclass
 class Reference:
-    """reference.npz: held-out inputs, the float model's outputs, and labels if known."""
+    """reference.npz: held-out inputs, the float model's outputs, the artifacts' host outputs, labels if known."""
 
     path: str
     samples: int
     labels: bool
     bytes: int
     sha256: str
+    host_outputs: bool = field(default=False, metadata=OMIT)  # each artifact's host outputs (host_<precision>_<fmt>)
 
 
 @dataclass

@@ -5,12 +5,15 @@ This file is also the program that runs on the target (inside qemu-aarch64, or o
 it imports nothing from edgeq, only numpy and the one runtime an artifact needs, because the
 emulated sysroot has the aarch64 runtime wheels and nothing else.
 
-    python runner.py JOB.json      # JOB: {"format", "path", "engine", "threads", "inputs",
-                                   #       "outputs", "warmup", "runs", "result"}
+    python runner.py JOB.json      # JOB: {"artifacts": [{"format", "path", "outputs", "result"}, …],
+                                   #       "engine", "threads", "inputs", "warmup", "runs"}
 
-It writes the outputs of every reference input (.npy) and a result JSON: where it ran
-(platform.machine(), the CPU model the kernel reports), load time, per-run latencies and the
-peak RSS of the process.
+One process runs every artifact of the job, so each runtime is imported once: under QEMU,
+importing torch costs tens of seconds, loading and running a small model well under one. For
+each artifact it writes the outputs of every reference input (.npy) and a result JSON: where it
+ran (platform.machine(), the CPU model the kernel reports), the process's import time, load time,
+per-run latencies and the process's peak RSS so far. A result file exists only for an artifact
+that finished, so whoever started the process knows which ones a crash left undone.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-Runner = Callable[[np.ndarray], np.ndarray]  # 1×C×H×W float32 → 1×classes float32
+Runner = Callable[[np.ndarray], np.ndarray]  # N×C×H×W float32 → N×classes float32, any N
 
 
 def import_runtime(fmt: str) -> None:
@@ -63,6 +66,9 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
+        batch = session.get_inputs()[0].shape[0]
+        if isinstance(batch, int):  # a fixed batch dimension: one sample at a time
+            return _per_sample(lambda x: session.run(None, {name: x})[0])
         return lambda x: session.run(None, {name: x})[0]
 
     import torch
@@ -72,11 +78,12 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
     if fmt == "pte":
         from executorch.runtime import Runtime
 
-        if threads:
-            _executorch_threads(threads)
         with _stderr_silenced():  # XNNPACK's cpuinfo logs its CPU probing to fd 2 on first load
+            if threads:
+                _executorch_threads(threads)
             method = Runtime.get().load_program(path).load_method("forward")
-        return lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
+        # The program's shapes are planned for one sample: a Python loop costs ~20 µs a call beside it.
+        return _per_sample(lambda x: method.execute([torch.from_numpy(x)])[0].numpy())
     if fmt == "ptl":
         from torch.jit.mobile import _load_for_lite_interpreter
 
@@ -87,8 +94,32 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
         def run(x: np.ndarray) -> np.ndarray:
             with quantized_engine(engine), torch.no_grad():
                 return module(torch.from_numpy(x)).numpy()
-        return run
+        return _batched_or_per_sample(run)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _per_sample(run: Runner) -> Runner:
+    return lambda x: np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
+
+
+def _batched_or_per_sample(run: Runner) -> Runner:
+    """A traced graph runs a whole batch when nothing in it fixed the batch size (a reshape to the
+    traced shape would): try the batch once, and go one sample at a time if it fails or gives
+    another number of outputs. The lite interpreter is ~10× faster a sample on batches."""
+    per_sample = _per_sample(run)
+    batched = [True]
+
+    def run_any(x: np.ndarray) -> np.ndarray:
+        if batched[0] and len(x) > 1:
+            try:
+                y = run(x)
+                if len(y) == len(x):
+                    return y
+            except RuntimeError:
+                pass
+            batched[0] = False
+        return per_sample(x)
+    return run_any
 
 
 @contextlib.contextmanager
@@ -169,27 +200,31 @@ def main(job_path: str) -> None:
     if job.get("parent_pid"):
         exit_with_parent(job["parent_pid"])
     started = time.perf_counter()
-    import_runtime(job["format"])
-    imported = time.perf_counter()
-    run = load(job["format"], job["path"], job.get("engine", "qnnpack"), job.get("threads"))
-    loaded = time.perf_counter()
+    for fmt in dict.fromkeys(a["format"] for a in job["artifacts"]):
+        import_runtime(fmt)
+    import_s = time.perf_counter() - started
     inputs = np.load(job["inputs"])
-    if job.get("outputs"):
-        np.save(job["outputs"], np.stack([run(inputs[i:i + 1])[0] for i in range(len(inputs))]))
-    x = inputs[:1]
-    for _ in range(job.get("warmup", 0)):
-        run(x)
-    latencies = []
-    for _ in range(job.get("runs", 0)):
-        t0 = time.perf_counter()
-        run(x)
-        latencies.append((time.perf_counter() - t0) * 1e3)
     cpu, features = cpu_model()
-    result = {"machine": platform.machine(), "cpu": cpu, "cpu_features": features, "python": platform.python_version(),
-              "import_s": imported - started, "load_s": loaded - imported, "latencies_ms": latencies,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    with open(job["result"], "w") as f:
-        json.dump(result, f)
+    for artifact in job["artifacts"]:
+        t0 = time.perf_counter()
+        run = load(artifact["format"], artifact["path"], job.get("engine", "qnnpack"), job.get("threads"))
+        load_s = time.perf_counter() - t0
+        if artifact.get("outputs"):
+            np.save(artifact["outputs"], run(inputs))
+        x = inputs[:1]
+        for _ in range(job.get("warmup", 0)):
+            run(x)
+        latencies = []
+        for _ in range(job.get("runs", 0)):
+            t0 = time.perf_counter()
+            run(x)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+        result = {"machine": platform.machine(), "cpu": cpu, "cpu_features": features,
+                  "python": platform.python_version(), "import_s": import_s, "load_s": load_s,
+                  "latencies_ms": latencies, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        with open(artifact["result"] + ".part", "w") as f:
+            json.dump(result, f)
+        os.replace(artifact["result"] + ".part", artifact["result"])
 
 
 if __name__ == "__main__":

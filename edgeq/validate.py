@@ -11,10 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from rich.progress import Progress
@@ -22,7 +23,7 @@ from rich.progress import Progress
 from edgeq import procs, report, runner
 from edgeq.config import ValidateConfig
 from edgeq.errors import EdgeqError
-from edgeq.manifest import MANIFEST, Artifact, HostCheck, Latency, Manifest, TargetRun, verify_file
+from edgeq.manifest import MANIFEST, Artifact, HostCheck, Latency, Manifest, Parity, TargetRun, verify_file
 from edgeq.paths import remove_stale, scratch_prefix
 from edgeq.placement import Placement, measured, placement
 from edgeq.qemu.provision import Emulator, emulator
@@ -34,6 +35,11 @@ SCRATCH = "edgeq-validate-"  # in the temp folder: inputs, jobs and outputs of o
 FP32_MIN_SQNR_DB = 40.0
 # The accuracy gate needs enough labelled images: on 100, one image is already a whole point.
 MIN_ACCURACY_SAMPLES = 1000
+# Reference inputs a target runs by default. Its job is to show the artifact computes there what it
+# computed on the host, where accuracy was measured on every check image. A kernel that differs
+# between CPUs differs on any input, so a few suffice; an artifact whose outputs do differ is run
+# again on every reference input and judged on its own outputs.
+PARITY_SAMPLES = 32
 # Instruction counting runs about this many emulated seconds of inferences (10 to 500 of them).
 COUNT_SECONDS = 5.0
 
@@ -61,13 +67,23 @@ def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | Non
             thresholds: Thresholds, method: str = "static") -> HostCheck:
     """Agreement, SQNR, max abs error and accuracy of `outputs` against the float model's `reference`,
     and whether they pass: the gates applied are listed in `HostCheck.gates`."""
+    return judge(measure(reference, outputs, labels), precision, thresholds, method, accuracy(reference, labels))
+
+
+def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> HostCheck:
+    """The figures of `outputs` against the float model's, not yet judged."""
     nonfinite = int(np.size(outputs) - np.count_nonzero(np.isfinite(outputs)))
-    check = HostCheck(samples=int(len(reference)), top1_agreement=top1_agreement(reference, outputs),
-                      sqnr_db=None if nonfinite else sqnr_db(reference, outputs),
-                      max_abs_err=None if nonfinite else float(np.max(np.abs(reference - outputs))) if len(reference)
-                      else 0.0, accuracy=accuracy(outputs, labels), nonfinite_outputs=nonfinite)
+    return HostCheck(samples=int(len(reference)), top1_agreement=top1_agreement(reference, outputs),
+                     sqnr_db=None if nonfinite else sqnr_db(reference, outputs),
+                     max_abs_err=None if nonfinite else float(np.max(np.abs(reference - outputs))) if len(reference)
+                     else 0.0, accuracy=accuracy(outputs, labels), nonfinite_outputs=nonfinite)
+
+
+def judge(check: HostCheck, precision: str, thresholds: Thresholds, method: str,
+          float_accuracy: float | None) -> HostCheck:
+    """Hold the figures to the thresholds: sets `gates` (the conditions applied) and `passed`."""
     sqnr = float("inf") if check.sqnr_db is None else check.sqnr_db
-    if nonfinite:  # NaN or inf: no SQNR to judge, and the artifact fails whatever its top-1 says
+    if check.nonfinite_outputs:  # NaN or inf: no SQNR to judge, and the artifact fails whatever its top-1 says
         gates = {"outputs are finite": False}
     elif precision == "fp32":
         gates = {f"sqnr_db >= {FP32_MIN_SQNR_DB:g}": sqnr >= FP32_MIN_SQNR_DB}
@@ -76,13 +92,47 @@ def compare(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | Non
                  check.top1_agreement >= thresholds.min_top1_agreement}
         if method == "static":
             gates[f"sqnr_db >= {thresholds.min_sqnr_db:g}"] = sqnr >= thresholds.min_sqnr_db
-        float_accuracy = accuracy(reference, labels)
-        if float_accuracy is not None and check.accuracy is not None and len(labels) >= MIN_ACCURACY_SAMPLES:
+        if float_accuracy is not None and check.accuracy is not None and check.samples >= MIN_ACCURACY_SAMPLES:
             gates[f"accuracy >= float - {thresholds.max_accuracy_drop:g}"] = \
                 check.accuracy >= float_accuracy - thresholds.max_accuracy_drop
     check.gates = list(gates)
     check.passed = all(gates.values())
     return check
+
+
+def budget_gate(check: HostCheck, metric: str, max_drop: float, float_accuracy: float | None) -> None:
+    """An accuracy budget (points of accuracy or of top-1 agreement), added to the check's gates."""
+    if metric == "accuracy":
+        drop = 100 * ((float_accuracy or 0.0) - (check.accuracy or 0.0))
+    else:
+        drop = 100 * (1 - check.top1_agreement)
+    check.gates.append(f"{metric} drop <= {max_drop:g} points (accuracy budget)")
+    check.passed = bool(check.passed) and drop <= max_drop + 1e-9
+
+
+def output_tolerance(outputs: np.ndarray, precision: str) -> float:
+    """How far the same artifact's outputs may lie from the host's on another CPU or runtime build:
+    int8 kernels round requantization a step or two apart (ARM and x86 XNNPACK, onnxruntime's MLAS,
+    QNNPACK; measured: at most one output grid step between arm64 and x86_64), fp32 ones sum in
+    another order. 5% of the outputs' spread for int8 is a few grid steps; fp32 differ in the last
+    bits. A wrong kernel lands far outside either."""
+    spread = float(np.ptp(outputs)) if np.size(outputs) and np.all(np.isfinite(outputs)) else 0.0
+    return 0.05 * spread if precision == "int8" else 1e-3 * spread + 1e-5
+
+
+def parity(host: np.ndarray, outputs: np.ndarray, precision: str) -> Parity:
+    """The artifact's outputs on the target against its own outputs on the host, same inputs."""
+    tolerance = output_tolerance(host, precision)
+    finite = bool(np.all(np.isfinite(outputs)))
+    diff = float(np.max(np.abs(host.astype(np.float64) - outputs))) if finite and len(host) else None
+    same = np.all(host.reshape(len(host), -1) == outputs.reshape(len(outputs), -1), axis=1)
+    return Parity(samples=int(len(host)), max_abs_diff=diff, tolerance=tolerance, identical=int(np.sum(same)),
+                  top1_same=top1_agreement(host, outputs), passed=diff is not None and diff <= tolerance)
+
+
+def host_key(key: str) -> str:
+    """The name of an artifact's host outputs in reference.npz: "int8 .pte" → "host_int8_pte"."""
+    return "host_" + key.replace(" .", "_")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,18 +154,21 @@ class Session:
 
 def validate(folder: str | Path, target: str | Path | None = None, options: ValidateConfig = ValidateConfig(),
              progress: Progress | None = None) -> dict[str, TargetRun]:
-    """Run each artifact of `folder` on `target` (default: the export's, from its manifest), compare
-    it with the float model's outputs in reference.npz, time it, and merge the results into
-    manifest.json under artifacts[].targets[<target>]. Returns {artifact key: result}. Raises
-    EdgeqError for bad input; an artifact that fails or crashes is recorded as failed, the others
-    still run."""
+    """Run each artifact of `folder` on `target` (default: the export's, from its manifest) on the
+    inputs in reference.npz, prove its outputs there equal its outputs on the host within the
+    kernels' rounding, compare them with the float model's, time it, and merge the results into
+    manifest.json under artifacts[].targets[<target>]. Accuracy is the host check's (every check
+    image): an artifact passes on the target when it runs there, matches its host outputs, and its
+    host figures meet the target's thresholds. Returns {artifact key: result}. Raises EdgeqError for
+    bad input; an artifact that fails or crashes is recorded as failed, the others still run."""
     started = time.perf_counter()
     folder = Path(folder)
     manifest = Manifest.load(folder)
     spec = load_target(target) if target else target_of(manifest.target, f"{folder / MANIFEST}: target")
     limits = replace(spec.thresholds, **options.thresholds.given())
-    if manifest.reference is None:
-        raise EdgeqError(f"{folder / MANIFEST} has no reference inputs (an export from before edgeq validate): re-export")
+    if manifest.reference is None or not manifest.reference.host_outputs:
+        raise EdgeqError(f"{folder / MANIFEST} has no host outputs to compare the target's with (an export from "
+                         "an older edgeq): re-export")
     for name, sha256 in ((manifest.reference.path, manifest.reference.sha256),
                          *((a.path, a.sha256) for a in manifest.artifacts)):
         verify_file(folder, name, sha256)
@@ -126,62 +179,143 @@ def validate(folder: str | Path, target: str | Path | None = None, options: Vali
         raise EdgeqError(f"--count-instructions needs an emulated target; {spec.name} runs on the host")
     else:
         emu = None
-    with np.load(folder / manifest.reference.path) as ref:
-        n = min(options.samples or len(ref["inputs"]), len(ref["inputs"]))
-        inputs, expected = ref["inputs"][:n], ref["outputs"][:n]
-        labels = ref["labels"][:n] if "labels" in ref.files else None
-
     artifacts = [a for a in manifest.artifacts if a.format in spec.runtimes]
+    with np.load(folder / manifest.reference.path, allow_pickle=False) as ref:
+        inputs, expected = ref["inputs"], ref["outputs"]
+        labels = ref["labels"] if "labels" in ref.files else None
+        missing = [a.key for a in artifacts if host_key(a.key) not in ref.files]
+        if missing:
+            raise EdgeqError(f"{folder / manifest.reference.path} lacks the host outputs of {', '.join(missing)}: "
+                             "re-export")
+        host = {a.key: ref[host_key(a.key)] for a in artifacts}
+    n = min(options.samples or PARITY_SAMPLES, len(inputs))
+
     task = progress.add_task(f"validating on {spec.name}", total=len(artifacts)) if progress else None
     results: dict[str, TargetRun] = {}
+    own_figures: list[Artifact] = []  # outputs unlike the host's: measured again on every reference input
     remove_stale(Path(tempfile.gettempdir()), SCRATCH)
     with tempfile.TemporaryDirectory(prefix=scratch_prefix(SCRATCH)) as tmp:
         session = Session(folder, Path(tmp), spec, plan, emu, manifest.quantization.backend or "qnnpack", options)
-        np.save(session.work / "inputs.npy", inputs)
-        for a in artifacts:
-            if progress:
-                progress.update(task, description=f"validating {a.key} on {spec.name}")
-            result = _on_target(a, session)
+        np.save(session.work / "inputs.npy", inputs[:n])
+        np.save(session.work / "inputs_all.npy", inputs)
+
+        def done(a: Artifact, result: TargetRun) -> None:
             if result.error is None:
-                outputs = np.load(session.work / f"{a.precision}_{a.format}.out.npy")
-                result.check = compare(expected, outputs, labels, a.precision, limits, manifest.method)
-                result.passed = bool(result.check.passed)
-                if options.count_instructions and result.latency_ms:
-                    n = int(np.clip(COUNT_SECONDS * 1e3 / result.latency_ms.median, 10, 500))
-                    result.instructions_per_inference = _instructions(a, session, n)
-                    result.instructions_counted_over = n
+                outputs = np.load(session.work / f"{_stem(a)}.out.npy")
+                k = len(outputs)
+                result.host_parity = parity(host[a.key][:k], outputs, a.precision)
+                result.check = measure(expected[:k], outputs, None if labels is None else labels[:k])
+                if result.host_parity.passed:  # the host check's figures are this target's too
+                    result.passed = _host_figures_pass(a, manifest, limits)
+                    result.gates = [f"outputs within {result.host_parity.tolerance:.3g} of the host's",
+                                    *(a.host_check.gates if a.host_check else [])]
+                elif k < len(inputs) and all(a.key != b.key for b in own_figures):
+                    own_figures.append(a)
+                    return
+                else:  # another computation than the host's: judged on its own outputs
+                    judge(result.check, a.precision, limits, manifest.method, manifest.float_accuracy)
+                    result.passed = bool(result.check.passed)
+                    result.gates = [f"outputs differ from the host's beyond {result.host_parity.tolerance:.3g}: "
+                                    f"judged on its own outputs on {k} inputs", *result.check.gates]
             results[a.key] = a.targets[spec.name] = result
             if progress:
+                progress.update(task, description=f"validated {a.key} on {spec.name}")
                 progress.advance(task)
+
+        _run_all(artifacts, session, done)
+        for a in own_figures:
+            _on_target([a], session, done, inputs="inputs_all.npy")
+        if options.count_instructions:
+            for a in artifacts:
+                result = results[a.key]
+                if progress:
+                    progress.update(task, description=f"counting instructions of {a.key} on {spec.name}")
+                if result.error is None and result.latency_ms:
+                    runs = int(np.clip(COUNT_SECONDS * 1e3 / result.latency_ms.median, 10, 500))
+                    result.instructions_per_inference = _instructions(a, session, runs)
+                    result.instructions_counted_over = runs
+    results = {a.key: results[a.key] for a in artifacts}  # in the manifest's order
     manifest.timings_s[f"validate_{spec.name}"] = round(time.perf_counter() - started, 3)
     manifest.write(folder)
     report.write(folder, manifest)
     return results
 
 
-def _on_target(a: Artifact, session: Session) -> TargetRun:
-    """One runner process per artifact: a crash or hang loses that artifact only."""
+def _host_figures_pass(a: Artifact, manifest: Manifest, limits: Thresholds) -> bool:
+    """The host check's figures (every check image) held to this target's thresholds: with outputs
+    equal to the host's, they are the target's figures too."""
+    if a.host_check is None:
+        return False
+    check = judge(replace(a.host_check, gates=[]), a.precision, limits, manifest.method, manifest.float_accuracy)
+    plan = manifest.plan
+    if a.precision == "int8" and plan is not None and plan.metric and plan.max_drop is not None:
+        budget_gate(check, plan.metric, plan.max_drop, manifest.float_accuracy)
+    return bool(check.passed)
+
+
+# Runtimes whose imports one runner process shares: ExecuTorch's pybindings and the lite interpreter
+# both load libtorch (tens of seconds under QEMU); onnxruntime needs none of it.
+PROCESS_GROUPS = (("onnx",), ("pte", "ptl"))
+
+
+def _run_all(artifacts: list[Artifact], session: Session, done: Callable[[Artifact, TargetRun], None]) -> None:
+    """One runner process per runtime group, the groups side by side (each is single-threaded by
+    default). When a process dies, the artifacts it left undone run again one per process, so a crash
+    or hang loses only the artifact that caused it."""
+    groups = [[a for a in artifacts if a.format in formats] for formats in PROCESS_GROUPS]
+    groups = [g for g in groups if g]
+
+    def run_group(group: list[Artifact]) -> None:
+        finished = _on_target(group, session, done)
+        if len(group) > 1:
+            for a in group:
+                if a.key not in finished:
+                    _on_target([a], session, done)
+
+    workers = max(1, min(len(groups), (os.cpu_count() or 1) // max(1, session.options.threads)))
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(run_group, g) for g in groups]:
+            future.result()
+
+
+def _stem(a: Artifact) -> str:
+    return f"{a.precision}_{a.format}"
+
+
+def _on_target(group: list[Artifact], session: Session, done: Callable[[Artifact, TargetRun], None],
+               inputs: str = "inputs.npy") -> set[str]:
+    """Run `group` in one runner process on `inputs` (in the scratch folder); report each artifact that
+    finished (or, when the process was alone with its artifact, how it failed). Returns the keys reported."""
     options, spec = session.options, session.spec
-    stem = f"{a.precision}_{a.format}"
-    job = _job(a, session, stem, options.runs, counting=False)
+    name = _stem(group[0]) if len(group) == 1 else "+".join(_stem(a) for a in group)
+    job = _job(group, session, name, options.runs, counting=False, inputs=inputs)
     started = time.perf_counter()
-    proc = _run_runner(job, session.work / f"{stem}.job.json", session, options.threads)
-    result = TargetRun(target=spec.name, where=session.plan.where, qemu_cpu=session.plan.qemu_cpu,
-                       threads=options.threads, validated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if isinstance(proc, str) or proc.returncode != 0 or not Path(job["result"]).is_file():
-        result.error = f"runner failed on {spec.name}: {proc if isinstance(proc, str) else how_it_ended(proc)}"
-        return result
-    seen = json.loads(Path(job["result"]).read_text())
-    latencies = np.array(seen["latencies_ms"])
-    result.where, label = measured(session.plan, seen)
-    result.machine, result.cpu, result.cpu_features = seen["machine"], seen["cpu"], seen["cpu_features"]
-    result.python, result.import_s, result.load_s = seen["python"], round(seen["import_s"], 3), round(seen["load_s"], 4)
-    result.peak_rss_mb = round(seen["peak_rss_mb"], 1)  # under QEMU: the emulator's, translation buffers included
-    result.latency_ms = Latency(median=float(np.median(latencies)), p90=float(np.percentile(latencies, 90)),
-                                trimmed_mean=_trimmed_mean(latencies), runs=len(latencies), warmup=options.warmup,
-                                measured=label)
-    result.wall_s = round(time.perf_counter() - started, 2)
-    return result
+    proc = _run_runner(job, session.work / f"{name}.job.json", session, options.threads,
+                       timeout=options.timeout * len(group))
+    reported = set()
+    for a, entry in zip(group, job["artifacts"]):
+        result = TargetRun(target=spec.name, where=session.plan.where, qemu_cpu=session.plan.qemu_cpu,
+                           threads=options.threads, validated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if not Path(entry["result"]).is_file():
+            if len(group) > 1:
+                continue  # run again alone
+            ended = proc if isinstance(proc, str) else how_it_ended(proc) if proc.returncode else "no result written"
+            result.error = f"runner failed on {spec.name}: {ended}"
+        else:
+            seen = json.loads(Path(entry["result"]).read_text())
+            latencies = np.array(seen["latencies_ms"])
+            result.where, label = measured(session.plan, seen)
+            result.machine, result.cpu, result.cpu_features = seen["machine"], seen["cpu"], seen["cpu_features"]
+            result.python, result.import_s = seen["python"], round(seen["import_s"], 3)
+            result.load_s = round(seen["load_s"], 4)
+            result.peak_rss_mb = round(seen["peak_rss_mb"], 1)  # under QEMU: the emulator's, buffers included
+            result.latency_ms = Latency(median=float(np.median(latencies)), p90=float(np.percentile(latencies, 90)),
+                                        trimmed_mean=_trimmed_mean(latencies), runs=len(latencies),
+                                        warmup=options.warmup, measured=label)
+            result.wall_s = round(time.perf_counter() - started, 2)  # the process's, shared by its artifacts
+        done(a, result)
+        reported.add(a.key)
+    return reported
 
 
 def failures(manifest: Manifest, spec: Target | None) -> list[str]:
@@ -200,10 +334,10 @@ def _instructions(a: Artifact, session: Session, n: int) -> int | None:
     (start-up varies by ~0.5 M instructions of ~7 G) is spread over the n runs."""
     counts = []
     for runs in (n, 0):
-        stem = f"{a.precision}_{a.format}.insn{runs}"
-        job = _job(a, session, stem, runs, counting=True)
+        stem = f"{_stem(a)}.insn{runs}"
+        job = _job([a], session, stem, runs, counting=True)
         log = session.work / f"{stem}.plugin.log"
-        proc = _run_runner(job, session.work / f"{stem}.job.json", session, 1, plugin_log=log)
+        proc = _run_runner(job, session.work / f"{stem}.job.json", session, 1, session.options.timeout, log)
         if isinstance(proc, str) or proc.returncode != 0 or not log.is_file():
             return None
         found = re.findall(r"insns:\s*(\d+)", log.read_text())
@@ -213,19 +347,20 @@ def _instructions(a: Artifact, session: Session, n: int) -> int | None:
     return round((counts[0] - counts[1]) / n)
 
 
-def _job(a: Artifact, session: Session, stem: str, runs: int, counting: bool) -> dict[str, Any]:
-    """What edgeq/runner.py reads: the artifact, its runtime's settings, where to write. A counting
+def _job(group: list[Artifact], session: Session, stem: str, runs: int, counting: bool,
+         inputs: str = "inputs.npy") -> dict[str, Any]:
+    """What edgeq/runner.py reads: the artifacts, their runtimes' settings, where to write. A counting
     run uses one thread and one warm-up, and writes no outputs (the run before compared them)."""
     work, options = session.work, session.options
-    return {"format": a.format, "path": str((session.folder / a.path).resolve()), "engine": session.engine,
-            "threads": 1 if counting else options.threads, "inputs": str(work / "inputs.npy"),
-            "outputs": None if counting else str(work / f"{stem}.out.npy"), "warmup": 1 if counting else options.warmup,
-            "runs": runs,
-            "result": str(work / f"{stem}.result.json"),
+    entries = [{"format": a.format, "path": str((session.folder / a.path).resolve()),
+                "outputs": None if counting else str(work / f"{_stem(a)}.out.npy"),
+                "result": str(work / f"{stem if counting else _stem(a)}.result.json")} for a in group]
+    return {"artifacts": entries, "engine": session.engine, "threads": 1 if counting else options.threads,
+            "inputs": str(work / inputs), "warmup": 1 if counting else options.warmup, "runs": runs,
             "parent_pid": os.getpid()}  # the runner exits when edgeq is gone
 
 
-def _run_runner(job: dict[str, Any], job_file: Path, session: Session, threads: int,
+def _run_runner(job: dict[str, Any], job_file: Path, session: Session, threads: int, timeout: float,
                 plugin_log: Path | None = None) -> subprocess.CompletedProcess[str] | str:
     job_file.write_text(json.dumps(job))
     script = [str(Path(runner.__file__).resolve()), str(job_file)]
@@ -234,11 +369,10 @@ def _run_runner(job: dict[str, Any], job_file: Path, session: Session, threads: 
     else:
         argv, env = session.emu.command(session.plan.qemu_cpu or "max", script, threads, plugin_log is not None,
                                         plugin_log)
-    timeout = session.options.timeout
     try:
         return procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"timed out after {timeout:g} s (raise --timeout)"
+        return f"timed out after {session.options.timeout:g} s (raise --timeout)"
 
 
 def _trimmed_mean(values: np.ndarray, cut: float = 0.1) -> float:

@@ -257,8 +257,9 @@ def test_a_runner_ends_when_edgeq_is_killed(builtin_export, tmp_path):
     with np.load(dist / "reference.npz") as ref:
         np.save(inputs, ref["inputs"][:1])
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"format": "onnx", "path": str(dist / onnx), "inputs": str(inputs), "outputs": None,
-                               "warmup": 0, "runs": 10_000_000, "result": str(tmp_path / "r.json")}))
+    job.write_text(json.dumps({"artifacts": [{"format": "onnx", "path": str(dist / onnx), "outputs": None,
+                                              "result": str(tmp_path / "r.json")}],
+                               "inputs": str(inputs), "warmup": 0, "runs": 10_000_000}))
     # A stand-in for edgeq: it names itself as the runner's parent, starts it, and is then SIGKILLed.
     parent = subprocess.Popen([sys.executable, "-c", """if True:
         import json, os, subprocess, sys, time

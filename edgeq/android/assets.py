@@ -33,8 +33,9 @@ from packaging.version import InvalidVersion, Version
 from PIL import Image
 
 from edgeq import runner
+from edgeq.validate import output_tolerance
 from edgeq.android import apk
-from edgeq.data import Preprocess
+from edgeq.data import Preprocess, one_per_class_first
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest, verify_file, write_atomic
 from edgeq.paths import inside, remove_stale, scratch_prefix
@@ -154,7 +155,7 @@ def _golden(assets: Path, pte: Path, reference: Path, preprocess: Preprocess, cl
     """Sample PNGs from the reference inputs (one per class where there are labels), then golden data."""
     with np.load(reference) as ref:
         inputs, labels = ref["inputs"], ref["labels"] if "labels" in ref else None
-    picks = _one_per_class(labels, GOLDEN_SAMPLES) if labels is not None else range(min(GOLDEN_SAMPLES, len(inputs)))
+    picks = one_per_class_first(labels, len(inputs), GOLDEN_SAMPLES)
     images = []
     for n, i in enumerate(picks):
         label = None if labels is None else int(labels[i])
@@ -184,9 +185,7 @@ def write_golden(assets: Path, images: list[tuple[str, Image.Image, int | None]]
         outputs.append(y)
         samples.append({"image": f"samples/{name}", "label": label, "top5": top_k(y, TOP_K)})
     outputs_array = np.stack(outputs)
-    spread = float(np.ptp(outputs_array))
-    # int8 kernels on a phone may land a step or two from the host's; fp32 differs in the last bits.
-    atol = 0.05 * spread if precision == "int8" else 1e-3 * spread + 1e-5
+    atol = output_tolerance(outputs_array, precision)  # the phone's kernels round like any other CPU's
     np.stack(floats).astype("<f4").tofile(assets / "golden" / "inputs.f32")
     outputs_array.astype("<f4").tofile(assets / "golden" / "outputs.f32")
     (assets / "golden" / "golden.json").write_text(json.dumps({
@@ -203,17 +202,6 @@ def top_k(logits: np.ndarray, k: int) -> list[dict]:
     p /= p.sum()
     order = np.argsort(-p, kind="stable")[:k]
     return [{"index": int(i), "score": float(p[i])} for i in order]
-
-
-def _one_per_class(labels: np.ndarray, limit: int) -> list[int]:
-    """The first image of each class, then the next images, up to `limit`."""
-    first: dict[int, int] = {}
-    for i, label in enumerate(labels.tolist()):
-        first.setdefault(label, i)
-    picks = sorted(first.values())[:limit]
-    chosen = set(picks)
-    rest = [i for i in range(len(labels)) if i not in chosen]
-    return sorted(picks + rest[:limit - len(picks)])
 
 
 def _to_image(x: np.ndarray, preprocess: Preprocess) -> Image.Image:

@@ -31,15 +31,16 @@ from edgeq.quantize.plan import WEIGHTED_ONNX_OPS as WEIGHTED_OPS, onnx_float_no
 
 def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized: bool,
            float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`float_layers`: the int8 model's float layers (edgeq.quantize.plan), expected without Q/DQ."""
-    program = export_graph(model, input_shape)
+    """`float_layers`: the int8 model's float layers (edgeq.quantize.plan), expected without Q/DQ. The
+    batch dimension is dynamic: onnxruntime runs a batch in one call (the host check does)."""
+    program = export_graph(model, input_shape, dynamic_batch=True)
     try:
         with quiet():
             onnx_program = torch.onnx.export(program, (torch.zeros(input_shape),), dynamo=True, verbose=False,
                                              input_names=["input"], output_names=["logits"])
     except Exception as e:  # noqa: BLE001 - the exporter wraps the real cause; export_failure digs it out
         raise export_failure("the ONNX exporter", e, program) from None
-    proto = strip_debug_info(onnx_program.model_proto)
+    proto = name_batch_dimension(strip_debug_info(onnx_program.model_proto))
     if quantized and float_layers:
         float_inputs(proto, onnx_float_nodes(proto, frozenset(float_layers)))
     onnx.save(proto, str(path))
@@ -137,6 +138,17 @@ def float_inputs(proto: onnx.ModelProto, float_nodes: list[str]) -> int:
     for n in [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and users.get(n.output[0]) == 0]:
         proto.graph.node.remove(n)
     return changed
+
+
+def name_batch_dimension(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The exporter names the dynamic batch dimension after a symbol (s31, …): call it "batch"."""
+    dims = [d for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info)
+            for d in value.type.tensor_type.shape.dim]
+    symbol = next((d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim[:1] if d.dim_param), None)
+    for d in dims:
+        if symbol and d.dim_param == symbol:
+            d.dim_param = "batch"
+    return proto
 
 
 def strip_debug_info(proto: onnx.ModelProto) -> onnx.ModelProto:

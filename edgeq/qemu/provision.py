@@ -131,7 +131,7 @@ def setup(with_plugins: bool = False, log: Log = lambda _: None, native_only: bo
 def _keys() -> dict[str, str]:
     """What each step is built from: a changed key (new host runtime versions) means rebuild."""
     wheels = " ".join(_requirements())
-    return {"qemu": "bookworm-backports qemu-user", "sysroot": " ".join(SYSROOT_PACKAGES), "wheels": wheels,
+    return {"qemu": "bookworm-backports qemu-user", "sysroot": " ".join(SYSROOT_PACKAGES) + " +bytecode", "wheels": wheels,
             "stubs": wheels}
 
 
@@ -167,8 +167,20 @@ def _sysroot(out: Path, root: Path) -> None:
         for deb in debs:
             fetch.run(["dpkg-deb", "-x", str(deb), str(out)], f"unpack {deb.name}", STEP)
         (out / "PACKAGES").write_text("".join(d.name + "\n" for d in debs))
+        _compile_bytecode(out / "usr" / "lib" / "python3.11")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the arm64 package lists alone are ~120 MB
+
+
+def _compile_bytecode(stdlib: Path) -> None:
+    """The standard library's .pyc, compiled here: Debian's packages leave that to their install
+    scripts, which `dpkg-deb -x` does not run, so every emulated import would compile the sources
+    again (the guest runs with PYTHONDONTWRITEBYTECODE). Bytecode is the same on every CPU for one
+    Python version; pip already compiled the wheels'."""
+    if sys.version_info[:2] != (3, 11):
+        return  # another Python's bytecode would be ignored (and the guest still runs, just slower)
+    fetch.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(stdlib)], "compile the sysroot's bytecode",
+              STEP)
 
 
 def _pip(*args: str, what: str) -> None:
