@@ -78,7 +78,7 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
     if fmt == "pte":
         from executorch.runtime import Runtime
 
-        with _stderr_silenced():  # XNNPACK's cpuinfo logs its CPU probing to fd 2 on first load
+        with stderr_silenced():  # XNNPACK's cpuinfo logs its CPU probing to fd 2 on first load
             if threads:
                 _executorch_threads(threads)
             method = Runtime.get().load_program(path).load_method("forward")
@@ -146,7 +146,7 @@ def _executorch_threads(threads: int) -> None:
 
 
 @contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
+def stderr_silenced() -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     try:
