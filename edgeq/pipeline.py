@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import platform
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -53,6 +55,7 @@ REFERENCE_SAMPLES = 256
 REFERENCE_BYTES = 16 << 20  # at 224×224×3 that is 26 inputs
 LAYER_NUMERICS_IMAGES = 16  # held-out images: enough to rank layers
 SEARCH_BYTES = 512 << 20  # check images an accuracy-budget search scores candidates on, at most
+EXPORT_PROCESSES = 2  # artifacts exported side by side (each lowering is one single-threaded Python process)
 CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory at 224×224)
 
 
@@ -310,39 +313,75 @@ def _layer_numerics(job: Job, prepared: Prepared) -> LayerNumerics | None:
 
 
 def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
-    """Every format × precision into `stage`, each with its file's size and sha256."""
-    bar, recipe = job.bar, job.recipe
+    """Every format × precision into `stage`, each with its file's size and sha256. Lowering is
+    single-threaded Python (ExecuTorch's passes, the ONNX exporter), so the artifacts are exported
+    in EXPORT_PROCESSES forked processes side by side where the machine has the cores."""
+    todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
+    workers = min(len(todo), EXPORT_PROCESSES, os.cpu_count() or 1)
+    task = job.bar.add_task("exporting" + (f" ({workers} processes)" if workers > 1 else ""), total=len(todo))
     artifacts = []
-    task = bar.add_task("exporting", total=len(job.config.formats) * len(job.config.precisions))
-    for precision in job.config.precisions:
-        for fmt in job.config.formats:
-            bar.update(task, description=f"exporting {precision} .{fmt}")
-            t0 = time.perf_counter()
-            flow = quantizer_for(fmt, recipe.backend, job.config.method)
-            path = stage / f"model_{precision}.{fmt}"
-            module, shape = job.loaded.module, job.loaded.input_shape
-            if precision == "int8" and flow == "ort":  # the float model, quantized by onnxruntime
-                source = quantized.ort_source if quantized.ort_source is not None else module
-                details = onnx.export_ort_quantized(source, shape, path, quantized.ort_calibration, recipe)
-            elif fmt == "pte":
-                details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
-            elif fmt == "onnx":
-                details = onnx.export(module if precision == "fp32" else quantized.models[flow], shape, path,
-                                      quantized=precision == "int8", float_layers=recipe.float_layers)
-            else:
-                details = ptl.export(module if precision == "fp32" else quantized.models[flow], shape, path,
-                                     recipe.backend)
-            if precision == "int8":
-                details["quantizer"] = QUANTIZER_NAMES[flow].format(backend=recipe.backend)
-                if job.config.method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator
-                    details["calibration"] = recipe.calibration + \
-                        (f" {recipe.percentile}" if recipe.calibration == "percentile" else "")
-            job.timings[f"export_{precision}_{fmt}"] = time.perf_counter() - t0
-            artifacts.append(Artifact(format=fmt, precision=precision, path=path.name, bytes=path.stat().st_size,
-                                      sha256=sha256_file(path), details=details))
-            bar.advance(task)
-    bar.update(task, description="exporting")
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _forked[:] = [job, quantized, stage, todo]  # what the forked children read (nothing is pickled in)
+        try:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_export_child) as pool:
+                for artifact, seconds in pool.imap(_export_in_child, range(len(todo))):
+                    artifacts.append(artifact)
+                    job.timings[f"export_{artifact.precision}_{artifact.format}"] = seconds
+                    job.bar.advance(task)
+        finally:
+            _forked.clear()
+        return artifacts
+    for precision, fmt in todo:
+        job.bar.update(task, description=f"exporting {precision} .{fmt}")
+        artifact, job.timings[f"export_{precision}_{fmt}"] = _export_one(job, quantized, stage, precision, fmt)
+        artifacts.append(artifact)
+        job.bar.advance(task)
+    job.bar.update(task, description="exporting")
     return artifacts
+
+
+_forked: list[Any] = []  # (job, quantized, stage, todo) for the export children
+
+
+def _export_child() -> None:
+    """A forked export process: one intra-op thread (the parent's OpenMP threads are not in the child,
+    and a team of one never needs them), Ctrl-C left to the parent, which ends the pool."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _export_in_child(index: int) -> tuple[Artifact, float]:
+    job, quantized, stage, todo = _forked
+    return _export_one(job, quantized, stage, *todo[index])
+
+
+def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt: str) -> tuple[Artifact, float]:
+    """One artifact (never touches the progress bar: it may run in a forked child). Returns it and
+    its export time."""
+    t0 = time.perf_counter()
+    recipe = job.recipe
+    flow = quantizer_for(fmt, recipe.backend, job.config.method)
+    path = stage / f"model_{precision}.{fmt}"
+    module, shape = job.loaded.module, job.loaded.input_shape
+    if precision == "int8" and flow == "ort":  # the float model, quantized by onnxruntime
+        source = quantized.ort_source if quantized.ort_source is not None else module
+        details = onnx.export_ort_quantized(source, shape, path, quantized.ort_calibration, recipe)
+    elif fmt == "pte":
+        details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
+    elif fmt == "onnx":
+        details = onnx.export(module if precision == "fp32" else quantized.models[flow], shape, path,
+                              quantized=precision == "int8", float_layers=recipe.float_layers)
+    else:
+        details = ptl.export(module if precision == "fp32" else quantized.models[flow], shape, path, recipe.backend)
+    if precision == "int8":
+        details["quantizer"] = QUANTIZER_NAMES[flow].format(backend=recipe.backend)
+        if job.config.method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator
+            details["calibration"] = recipe.calibration + \
+                (f" {recipe.percentile}" if recipe.calibration == "percentile" else "")
+    artifact = Artifact(format=fmt, precision=precision, path=path.name, bytes=path.stat().st_size,
+                        sha256=sha256_file(path), details=details)
+    return artifact, time.perf_counter() - t0
 
 
 def _held_out(method: str, eval_set: ImageSet | None) -> str:
