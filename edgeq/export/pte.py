@@ -19,10 +19,11 @@ from edgeq.quantize import export_graph, quiet
 NOT_OPS = {"Total", "getitem"}  # rows of the delegation table that are not kernels
 
 
-def export(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> dict[str, Any]:
-    """Lower with the XNNPACK partitioner; ops XNNPACK does not take run on portable kernels."""
+def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, rewrite: bool = True) -> dict[str, Any]:
+    """Lower with the XNNPACK partitioner; ops XNNPACK does not take run on portable kernels.
+    `rewrite=False`: without edgeq's rewrites (delegable.py), as ExecuTorch alone lowers it."""
     program = export_graph(model, input_shape)
-    rewrites = make_delegable(program)
+    rewrites = make_delegable(program) if rewrite else {}
     buffer, info, reasons = _lower(program)
     if rewrites and not _runs(buffer, input_shape):
         # XNNPACK miscompiles some slices that cross a delegate boundary (seen: a slice feeding a float

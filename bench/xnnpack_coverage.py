@@ -1,0 +1,97 @@
+"""Ops left outside the XNNPACK delegate in torchvision's mobile nets, and what bringing them in
+(edgeq.export.delegable) is worth: portable ops, delegated subgraphs, host latency (1 thread) and
+arm64 instructions per inference (QEMU, cortex-a76: independent of load), without and with the
+rewrites, fp32 and int8 (edgeq's static int8, PT2E XNNPACK). Weights: random init with BatchNorm
+statistics re-estimated on real images (bench.weights); ops and costs do not depend on training.
+
+    .venv/bin/python -m bench.xnnpack_coverage            # ~20 min on 2 cores; results/xnnpack_coverage.json
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import measure, weights
+from bench.peers.calibration import calibration_batches, load
+from edgeq import runner
+from edgeq.config import QuantRecipe
+from edgeq.export import pte
+from edgeq.qemu.provision import setup as setup_target
+from edgeq.quantize import quantize_static
+from edgeq.quantize.weights import ready_for_int8
+
+ROOT = Path(__file__).resolve().parent.parent
+NETS = ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0")
+CPU = "cortex-a76"  # the android-arm64 target's
+COUNTED_RUNS = 5
+
+
+def instructions(path: Path, x: np.ndarray, work: Path) -> int:
+    """Guest instructions per inference under qemu-aarch64 (-cpu CPU): runs=N minus runs=0, one thread."""
+    emu = setup_target(with_plugins=True)
+    np.save(work / f"{path.stem}.x.npy", x)
+    counts = []
+    for runs in (COUNTED_RUNS, 0):
+        job, log = work / f"{path.stem}.{runs}.json", work / f"{path.stem}.{runs}.log"
+        job.write_text(json.dumps({"artifacts": [{"format": path.suffix[1:], "path": str(path), "outputs": None,
+                                                  "result": str(work / f"{path.stem}.{runs}.result.json")}],
+                                   "engine": "qnnpack", "threads": 1, "inputs": str(work / f"{path.stem}.x.npy"),
+                                   "warmup": 1, "runs": runs}))
+        argv, env = emu.command(CPU, [str(Path(runner.__file__).resolve()), str(job)], 1, True, log)
+        measure.command(argv, work / f"{path.stem}.{runs}.out")
+        counts.append(int(re.findall(r"insns:\s*(\d+)", log.read_text())[-1]))
+    return round((counts[0] - counts[1]) / COUNTED_RUNS)
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="edgeq-bench-xnnpack-"))
+    rows, jobs = [], []
+    for net in NETS:
+        model, shape = load(f"torchvision:{net}", str(weights.bn_calibrated(net, ROOT / "bench" / ".work" / "weights")))
+        calib = np.concatenate(list(calibration_batches(f"torchvision:{net}", shape, 32)))
+        recipe = QuantRecipe(backend="qnnpack", calib_samples=32)
+        source, _ = ready_for_int8(model, recipe, torch.from_numpy(calib))
+        int8 = quantize_static("xnnpack", source, shape, recipe, lambda: (calib[i:i + 8] for i in range(0, 32, 8)))
+        for precision, m in (("fp32", model), ("int8", int8)):
+            for rewrite in (False, True):
+                path = work / f"{net}_{precision}_{'edgeq' if rewrite else 'plain'}.pte"
+                details = pte.export(m, shape, path, rewrite=rewrite)
+                row = {"net": net, "precision": precision, "lowering": "edgeq" if rewrite else "ExecuTorch alone",
+                       "portable_ops": details["portable_ops"], "reasons": details.get("portable_reasons", {}),
+                       "rewrites": details.get("rewrites", {}), "delegated_subgraphs": details["delegated_subgraphs"],
+                       "bytes": path.stat().st_size,
+                       "host": measure.host_latency("pte", path, calib[:1], seconds=2.0)}
+                rows.append(row)
+                jobs.append((row, path, calib[:1]))
+                print(net, precision, row["lowering"], row["portable_ops"], f"{row['host']['median_ms']:.2f} ms",
+                      flush=True)
+    with ThreadPoolExecutor(2) as pool:  # counts do not depend on load: both cores
+        for row, count in zip([j[0] for j in jobs], pool.map(lambda j: instructions(j[1], j[2], work), jobs)):
+            row[f"instructions_{CPU}"] = count
+            print(row["net"], row["precision"], row["lowering"], f"{count / 1e6:.1f} M instructions", flush=True)
+    out = ROOT / "bench" / "results" / "xnnpack_coverage.json"
+    out.write_text(json.dumps({"cpu": CPU, "rows": rows}, indent=1) + "\n")
+    print(table(rows))
+    print(f"saved {out}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| net | precision | lowering | ops outside XNNPACK | subgraphs | host ms (1 thread) | "
+             f"{CPU} instructions/inference |", "|---|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        ops = ", ".join(f"{k} ×{v}" for k, v in r["portable_ops"].items()) or "none"
+        count = r.get(f"instructions_{CPU}")
+        lines.append(f"| {r['net']} | {r['precision']} | {r['lowering']} | {ops} | {r['delegated_subgraphs']} | "
+                     f"{r['host']['median_ms']:.2f} | {f'{count / 1e6:.1f} M' if count else '–'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
