@@ -1,8 +1,10 @@
 """Ops left outside the XNNPACK delegate in torchvision's mobile nets, and what bringing them in
 (edgeq.export.delegable) is worth: portable ops, delegated subgraphs, host latency (1 thread) and
 arm64 instructions per inference (QEMU, cortex-a76: independent of load), without and with the
-rewrites, fp32 and int8 (edgeq's static int8, PT2E XNNPACK). Weights: random init with BatchNorm
-statistics re-estimated on real images (bench.weights); ops and costs do not depend on training.
+rewrites, fp32 and int8 (edgeq's static int8, PT2E XNNPACK). Then the fp32 ÷ int8 instruction
+ratio of every format (.pte, .onnx, .ptl) for mobilenet_v2 and the built-in model. Weights: random
+init with BatchNorm statistics re-estimated on real images (bench.weights); ops and instruction
+counts do not depend on training.
 
     .venv/bin/python -m bench.xnnpack_coverage            # ~20 min on 2 cores; results/xnnpack_coverage.json
 """
@@ -54,12 +56,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgeq-bench-xnnpack-"))
     rows, jobs = [], []
     for net in NETS:
-        model, shape = load(f"torchvision:{net}", str(weights.bn_calibrated(net, ROOT / "bench" / ".work" / "weights")))
-        calib = np.concatenate(list(calibration_batches(f"torchvision:{net}", shape, 32)))
-        recipe = QuantRecipe(backend="qnnpack", calib_samples=32)
-        source, _ = ready_for_int8(model, recipe, torch.from_numpy(calib))
-        int8 = quantize_static("xnnpack", source, shape, recipe, lambda: (calib[i:i + 8] for i in range(0, 32, 8)))
-        for precision, m in (("fp32", model), ("int8", int8)):
+        model, shape, calib = load_net(net)
+        for precision, m in (("fp32", model), ("int8", int8_models(model, shape, calib)["xnnpack"])):
             for rewrite in (False, True):
                 path = work / f"{net}_{precision}_{'edgeq' if rewrite else 'plain'}.pte"
                 details = pte.export(m, shape, path, rewrite=rewrite)
@@ -72,14 +70,65 @@ def main() -> None:
                 jobs.append((row, path, calib[:1]))
                 print(net, precision, row["lowering"], row["portable_ops"], f"{row['host']['median_ms']:.2f} ms",
                       flush=True)
+    ratios = {}
+    for net in ("mobilenet_v2", "builtin"):
+        ratios[net] = {}
+        for fmt, precision, path in every_format(net, *load_net(net), work):
+            row = {"net": net, "format": fmt, "precision": precision, "lowering": "edgeq"}
+            ratios[net].setdefault(fmt, {})[precision] = row
+            jobs.append((row, path, calib[:1]))
     with ThreadPoolExecutor(2) as pool:  # counts do not depend on load: both cores
         for row, count in zip([j[0] for j in jobs], pool.map(lambda j: instructions(j[1], j[2], work), jobs)):
             row[f"instructions_{CPU}"] = count
             print(row["net"], row["precision"], row["lowering"], f"{count / 1e6:.1f} M instructions", flush=True)
+    ratio_rows = {net: {fmt: {**{p: r[f"instructions_{CPU}"] for p, r in by.items()},
+                              "fp32_over_int8": round(by["fp32"][f"instructions_{CPU}"] /
+                                                      by["int8"][f"instructions_{CPU}"], 2)}
+                        for fmt, by in formats.items()} for net, formats in ratios.items()}
     out = ROOT / "bench" / "results" / "xnnpack_coverage.json"
-    out.write_text(json.dumps({"cpu": CPU, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"cpu": CPU, "rows": rows, "fp32_over_int8_instructions": ratio_rows}, indent=1) + "\n")
     print(table(rows))
+    print(json.dumps(ratio_rows, indent=1))
     print(f"saved {out}")
+
+
+def load_net(net: str) -> tuple[torch.nn.Module, tuple[int, ...], np.ndarray]:
+    """The model (torchvision's with bench weights, or the built-in one), its input shape, 32
+    calibration images."""
+    source = "builtin" if net == "builtin" else f"torchvision:{net}"
+    model, shape = load(source, "-" if net == "builtin" else
+                        str(weights.bn_calibrated(net, ROOT / "bench" / ".work" / "weights")))
+    return model, shape, np.concatenate(list(calibration_batches(source, shape, 32)))
+
+
+def int8_models(model: torch.nn.Module, shape: tuple[int, ...], calib: np.ndarray,
+                flows: tuple[str, ...] = ("xnnpack",)) -> dict[str, torch.nn.Module]:
+    """edgeq's static int8 (weight steps, then each flow calibrated on `calib`)."""
+    recipe = QuantRecipe(backend="qnnpack", calib_samples=len(calib))
+    source, _ = ready_for_int8(model, recipe, torch.from_numpy(calib))
+    return {flow: quantize_static(flow, source, shape, recipe, lambda: (calib[i:i + 8] for i in range(0, len(calib), 8)))
+            for flow in flows}
+
+
+def every_format(net: str, model: torch.nn.Module, shape: tuple[int, ...], calib: np.ndarray,
+                 work: Path) -> list[tuple[str, str, Path]]:
+    """int8 and fp32 .pte, .onnx (edgeq's PT2E XNNPACK int8) and .ptl (edgeq's FX qnnpack int8)."""
+    from edgeq.export import onnx, ptl
+
+    int8 = int8_models(model, shape, calib, ("xnnpack", "fx"))
+    paths = []
+    for precision in ("fp32", "int8"):
+        for fmt in ("pte", "onnx", "ptl"):
+            m = model if precision == "fp32" else int8["fx" if fmt == "ptl" else "xnnpack"]
+            path = work / f"{net}_{fmt}_{precision}.{fmt}"
+            paths.append((fmt, precision, path))
+            if fmt == "pte":
+                pte.export(m, shape, path)
+            elif fmt == "onnx":
+                onnx.export(m, shape, path, quantized=precision == "int8")
+            else:
+                ptl.export(m, shape, path, "qnnpack")
+    return paths
 
 
 def table(rows: list[dict]) -> str:

@@ -206,9 +206,10 @@ def validate(folder: str | Path, target: str | Path | None = None, options: Vali
                 result.host_parity = parity(host[a.key][:k], outputs, a.precision)
                 result.check = measure(expected[:k], outputs, None if labels is None else labels[:k])
                 if result.host_parity.passed:  # the host check's figures are this target's too
-                    result.passed = _host_figures_pass(a, manifest, limits)
+                    judged = _host_figures(a, manifest, limits)
+                    result.passed = bool(judged and judged.passed)
                     result.gates = [f"outputs within {result.host_parity.tolerance:.3g} of the host's",
-                                    *(a.host_check.gates if a.host_check else [])]
+                                    *(judged.gates if judged else ["a host check (the export has none)"])]
                 elif k < len(inputs) and all(a.key != b.key for b in own_figures):
                     own_figures.append(a)
                     return
@@ -241,16 +242,16 @@ def validate(folder: str | Path, target: str | Path | None = None, options: Vali
     return results
 
 
-def _host_figures_pass(a: Artifact, manifest: Manifest, limits: Thresholds) -> bool:
+def _host_figures(a: Artifact, manifest: Manifest, limits: Thresholds) -> HostCheck | None:
     """The host check's figures (every check image) held to this target's thresholds: with outputs
     equal to the host's, they are the target's figures too."""
     if a.host_check is None:
-        return False
+        return None
     check = judge(replace(a.host_check, gates=[]), a.precision, limits, manifest.method, manifest.float_accuracy)
     plan = manifest.plan
     if a.precision == "int8" and plan is not None and plan.metric and plan.max_drop is not None:
         budget_gate(check, plan.metric, plan.max_drop, manifest.float_accuracy)
-    return bool(check.passed)
+    return check
 
 
 # Runtimes whose imports one runner process shares: ExecuTorch's pybindings and the lite interpreter
