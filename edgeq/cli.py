@@ -32,6 +32,10 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC: "free some space there, or write somewhere 
                        errno.ENAMETOOLONG: "use a shorter path"}
 
 
+SAMPLES_HELP = ("reference inputs each artifact runs [default: 32, one per class first; all in reference.npz "
+                "for an artifact whose outputs differ from the host's]")
+
+
 def _numbers(cast: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
         if value is None:
@@ -269,8 +273,7 @@ def targets_setup(name: str, with_plugins: bool) -> None:
 @click.option("--runs", type=int, default=20, show_default=True, help="timed runs per artifact")
 @click.option("--warmup", type=int, default=3, show_default=True, help="untimed runs first")
 @click.option("--threads", type=int, default=1, show_default=True, help="runtime threads")
-@click.option("--samples", type=int, default=None, help="reference inputs each artifact runs [default: 32, one per class first; all "
-              "in reference.npz for an artifact whose outputs differ from the host's]")
+@click.option("--samples", type=int, default=None, help=SAMPLES_HELP)
 @click.option("--count-instructions", is_flag=True, help="guest instructions per inference (needs targets setup "
               "NAME --with-plugins)")
 @click.option("--timeout", type=float, default=900, show_default=True, help="seconds per artifact")
@@ -441,7 +444,7 @@ def _android_runtime_check(apk_path: Path, console: Any) -> None:
               help="validate this export on every target instead of exporting")
 @click.option("--jobs", type=int, default=None, help="validations at once [default: CPU cores]")
 @click.option("--runs", type=int, default=20, show_default=True, help="timed runs per artifact")
-@click.option("--samples", type=int, default=None, help="reference inputs compared [default: all]")
+@click.option("--samples", type=int, default=None, help=SAMPLES_HELP)
 @click.option("--min-agreement", type=float, default=None, help="override every target's min_top1_agreement")
 @click.option("--min-sqnr", type=float, default=None, help="override every target's min_sqnr_db")
 @click.option("--max-accuracy-drop", type=float, default=None, help="override every target's max_accuracy_drop")
