@@ -60,7 +60,9 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         with procs.signals_handled():
             try:
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+                procs.raise_if_stopped()  # a signal whose exception Python swallowed still ends it as one
+                return result
             except (click.ClickException, click.exceptions.Exit, click.Abort):
                 raise
             except EdgeqError as e:

@@ -19,6 +19,7 @@ from edgeq.config import FORMATS, PRECISIONS, ExportConfig, QuantRecipe, TrainCo
 from edgeq.data import Preprocess
 from edgeq.errors import EdgeqError
 from edgeq.paths import inside, plain_name, remove_stale, scratch_prefix
+from edgeq.procs import raise_if_stopped
 from edgeq.targets import Target
 
 MANIFEST = "manifest.json"
@@ -400,6 +401,7 @@ def staged_output(out: Path, before_replace: Callable[[], None] = lambda: None) 
     stage = Path(tempfile.mkdtemp(prefix=scratch_prefix(prefix), dir=out.parent))
     try:
         yield stage
+        raise_if_stopped()
         before_replace()
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from edgeq import qat, report, runner, schema
+from edgeq import procs, qat, report, runner, schema
 from edgeq.config import ExportConfig, QuantRecipe
 from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, one_per_class_first, open_images
 from edgeq.errors import EdgeqError
@@ -323,7 +323,9 @@ def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         _forked[:] = [job, quantized, stage, todo]  # what the forked children read (nothing is pickled in)
         try:
-            with multiprocessing.get_context("fork").Pool(workers, initializer=_export_child) as pool:
+            with procs.signals_held():
+                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_export_child)
+            with pool:
                 for artifact, seconds in pool.imap(_export_in_child, range(len(todo))):
                     artifacts.append(artifact)
                     job.timings[f"export_{artifact.precision}_{artifact.format}"] = seconds
@@ -349,6 +351,7 @@ def _export_child() -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    procs.unhold_signals()
 
 
 def _export_in_child(index: int) -> tuple[Artifact, float]:

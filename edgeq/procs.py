@@ -26,11 +26,17 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"stopped by {signal.Signals(signum).name}; nothing was written")
 
 
+def raise_if_stopped() -> None:
+    """Raise Interrupted if a signal came: Python swallows what a handler raises inside some
+    callbacks (seen: SIGTERM during fork, inside logging's at-fork hook), so a commit point asks."""
+    if _stopping:
+        raise Interrupted(_stopping[0])
+
+
 def run(argv: list[str], *, timeout: float | None = None, **popen: Any) -> subprocess.CompletedProcess:
     """subprocess.run, with the child registered while it runs. On timeout the child is killed and
     TimeoutExpired raised; on any other exception (an interrupt) it is ended before re-raising."""
-    if _stopping:
-        raise Interrupted(_stopping[0])
+    raise_if_stopped()
     popen.setdefault("process_group", 0)
     with subprocess.Popen(argv, **popen) as proc:
         with _lock:
@@ -60,6 +66,23 @@ def _end(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked) until the block ends, then arrive as usual: around a fork,
+    where Python swallows what the handler raises inside its at-fork hooks. A forked child inherits
+    the block and must lift it (unhold_signals)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def unhold_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 @contextlib.contextmanager

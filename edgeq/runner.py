@@ -188,6 +188,14 @@ def cpu_model(text: str | None = None) -> tuple[str, str]:
     return fields.get("model name", "unknown"), features
 
 
+def int8_products_saturate(machine: str, features: str) -> bool:
+    """Whether onnxruntime's fused x86 int8 kernels saturate here: without VNNI they multiply with
+    VPMADDUBSW, whose int16 sums of two u8×s8 products clip for full-range int8 weights (the
+    onnxruntime quantization docs' "reduce_range" caveat)."""
+    flags = set(features.split())
+    return machine in ("x86_64", "AMD64") and "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
+
+
 def exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
     """End this process when edgeq is gone (killed, or a native abort): an orphaned runner under
     QEMU would otherwise go on for minutes. A sleeping thread: no instructions between checks."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 from pathlib import Path
 
 from conftest import assert_user_error, run_cli
 from edgeq.farm import _groups, default_targets
+from edgeq.runner import cpu_model, int8_products_saturate
 from edgeq.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,13 +21,21 @@ def test_farm_passes_then_the_gate_fails_it(builtin_export, tmp_path):
     common = ["farm", "--from", str(dist), "--targets", "x86_64", "--out", str(out), "--samples", "200", "--runs", "3",
               "-q"]
     result = run_cli(*common)
-    assert result.exit_code == 0, result.output
     farm = json.loads((out / "farm.json").read_text())
-    assert farm["passed"] and farm["targets"][0]["exported_for"] == "arm64"
+    assert farm["targets"][0]["exported_for"] == "arm64"
     assert farm["targets"][0]["measured"] == "host (x86_64)" and farm["targets"][0]["int8_pte_ms"] > 0
-    validated = json.loads((out / "x86_64" / "manifest.json").read_text())["artifacts"]
-    assert all(a["targets"]["x86_64"]["passed"] for a in validated)
-    assert "✓ passed" in (out / "farm.md").read_text()
+    validated = {f"{a['precision']} .{a['format']}": a["targets"]["x86_64"]
+                 for a in json.loads((out / "x86_64" / "manifest.json").read_text())["artifacts"]}
+    onnx = validated.pop("int8 .onnx")
+    assert all(r["passed"] for r in validated.values()), validated
+    # arm64's int8 .onnx (full-range weights) on onnxruntime's x86 kernels: on a CPU without VNNI its
+    # products saturate, its outputs are not the host check's, and it is judged on its own (and says why).
+    if int8_products_saturate(platform.machine(), cpu_model()[1]):
+        assert not onnx["host_parity"]["passed"] and "without VNNI" in onnx["gates"][0], onnx
+    else:
+        assert onnx["passed"] and onnx["host_parity"]["passed"], onnx
+    assert farm["passed"] == onnx["passed"] and result.exit_code == (0 if onnx["passed"] else 1), result.output
+    assert ("✓ passed" if onnx["passed"] else "✗ FAILED: int8 .onnx") in (out / "farm.md").read_text()
 
     # The same matrix with a threshold no int8 artifact can meet: exit code 1, named failures.
     line = assert_user_error(run_cli(*common, "--min-agreement", "1.01"), "x86_64 failed", "farm.md")

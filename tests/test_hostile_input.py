@@ -416,17 +416,19 @@ def test_nan_outputs_are_null_in_json_and_fail(tmp_path):
 
 
 def test_validate_after_export_with_a_target_file_and_farm_with_one(builtin_export, tmp_path):
-    """The target of a user's .toml is known from the manifest afterwards, and farm passes the file on."""
+    """The target of a user's .toml is known from the manifest afterwards, and farm passes the file on.
+    The board runs no .onnx: the arm64 export's int8 .onnx on this host's x86 kernels is test_farm's."""
     dist = _copy_export(builtin_export, tmp_path / "dist")
     _edit_manifest(dist, lambda d: d.update(target={**d["target"], "name": "my-board", "arch": "x86_64",
-                                                    "qemu_cpu": None, "backend": "qnnpack"}))
+                                                    "qemu_cpu": None, "backend": "qnnpack",
+                                                    "runtimes": ["pte", "ptl"]}))
     r = run_cli("validate", str(dist), "--samples", "20", "--runs", "2", "-q")
     assert r.exit_code == 0, r.output
-    arts = json.loads((dist / "manifest.json").read_text())["artifacts"]
+    arts = [a for a in json.loads((dist / "manifest.json").read_text())["artifacts"] if a["format"] != "onnx"]
     assert all(a["targets"]["my-board"]["passed"] for a in arts)
 
     (tmp_path / "elsewhere").mkdir()
-    toml = _target_file(tmp_path / "elsewhere" / "board.toml", "my-board", backend="qnnpack")
+    toml = _target_file(tmp_path / "elsewhere" / "board.toml", "my-board", backend="qnnpack", runtimes=["pte", "ptl"])
     r = run_cli("farm", "--out", str(tmp_path / "farm"), "--targets", str(toml), "--from", str(dist),
                 "--samples", "20", "--runs", "2", "-q")
     assert r.exit_code == 0, r.output
