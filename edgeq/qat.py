@@ -32,6 +32,7 @@ from edgeq.manifest import QatFlow, write_atomic
 from edgeq.models import LoadedModel
 from edgeq.progress import log_lines
 from edgeq.quantize import convert, prepare, quiet
+from edgeq.quantize.qat_patterns import fast_pattern_rewrites
 
 CHECKPOINT_FORMAT = "edgeq-qat-checkpoint/1"
 
@@ -250,7 +251,7 @@ def set_mode(flow: str, model: nn.Module, train: bool) -> None:
         return
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
-    with quiet():
+    with quiet(), fast_pattern_rewrites():
         (move_exported_model_to_train if train else move_exported_model_to_eval)(model)
 
 

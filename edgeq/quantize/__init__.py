@@ -36,6 +36,7 @@ from edgeq.runner import quantized_engine
 from edgeq.config import QuantRecipe
 from edgeq.quantize.fold import fold_batchnorm, trace
 from edgeq.quantize.observers import WEIGHT_QMAX, WEIGHT_QMIN, activation_observer
+from edgeq.quantize.qat_patterns import fast_pattern_rewrites
 
 Calibration = Callable[[], Iterator[np.ndarray]]  # yields preprocessed batches, N×C×H×W float32
 
@@ -108,7 +109,7 @@ def prepare(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: Q
     _split_reused_module_partitions(graph)
     config = pt2e_quantizer(flow, recipe, qat)
     try:
-        with quiet():
+        with quiet(), fast_pattern_rewrites():
             return (prepare_qat_pt2e if qat else prepare_pt2e)(graph, config)
     except Exception as e:  # noqa: BLE001
         raise export_failure(f"the {flow} PT2E quantizer", e, ep) from None
@@ -130,7 +131,8 @@ def convert(flow: str, prepared: nn.Module, recipe: QuantRecipe) -> nn.Module:
             return converted
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-        return convert_pt2e(prepared)
+        with fast_pattern_rewrites():
+            return convert_pt2e(prepared)
 
 
 def quantize_static(flow: str, model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe,
