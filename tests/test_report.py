@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -61,7 +62,7 @@ def test_report_command_writes_where_asked(builtin_export, tmp_path):
 def test_report_reads_an_older_manifest(builtin_export, tmp_path):
     """A manifest from before validation, QAT and gates existed (schema 1 of the first release)."""
     manifest, _, _ = builtin_export
-    old = {k: v for k, v in manifest.items() if k not in ("reference", "training")}
+    old = copy.deepcopy({k: v for k, v in manifest.items() if k not in ("reference", "training")})  # shared fixture
     old["artifacts"] = [{k: v for k, v in a.items() if k != "targets"} for a in old["artifacts"]]
     for a in old["artifacts"]:
         del a["host_check"]["gates"]
