@@ -77,11 +77,11 @@ def fast_pattern_rewrites() -> Iterator[None]:
     patches = [(qat_utils, "_fuse_conv_bn_qat_helper", _skip_absent), (qat_utils, "_fold_conv_bn_qat_helper", _skip_absent),
                (qat_utils, "_get_aten_graph_module_for_pattern", _trace_once),
                (utils, "_get_aten_graph_module_for_pattern", _trace_once)]  # train/eval switches import it from here
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches if hasattr(module, name)]
+    saved = [(module, name, getattr(module, name), wrap) for module, name, wrap in patches if hasattr(module, name)]
     try:
-        for (module, name, original), (_, _, wrap) in zip(saved, patches):
+        for module, name, original, wrap in saved:
             setattr(module, name, wrap(original))
         yield
     finally:
-        for module, name, original in saved:
+        for module, name, original, _ in saved:
             setattr(module, name, original)
