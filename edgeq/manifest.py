@@ -82,6 +82,7 @@ class TargetRun:
     cpu: str | None = field(default=None, metadata=OMIT)
     cpu_features: str | None = field(default=None, metadata=OMIT)
     python: str | None = field(default=None, metadata=OMIT)
+    runner: str | None = field(default=None, metadata=OMIT)  # python | native (edgeq.qemu.native)
     import_s: float | None = field(default=None, metadata=OMIT)
     load_s: float | None = field(default=None, metadata=OMIT)
     peak_rss_mb: float | None = field(default=None, metadata=OMIT)  # under QEMU: the emulator's, buffers included

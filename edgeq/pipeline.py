@@ -315,38 +315,52 @@ def _layer_numerics(job: Job, prepared: Prepared) -> LayerNumerics | None:
 def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
     """Every format × precision into `stage`, each with its file's size and sha256. Lowering is
     single-threaded Python (ExecuTorch's passes, the ONNX exporter), so the artifacts are exported
-    in EXPORT_PROCESSES forked processes side by side where the machine has the cores."""
+    in forked processes side by side where the machine has the cores."""
     todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
-    workers = min(len(todo), EXPORT_PROCESSES, os.cpu_count() or 1)
-    task = job.bar.add_task("exporting" + (f" ({workers} processes)" if workers > 1 else ""), total=len(todo))
+    _import_exporters(job.config.formats)
+    task = job.bar.add_task("exporting", total=len(todo))
     artifacts = []
-    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        _forked[:] = [job, quantized, stage, todo]  # what the forked children read (nothing is pickled in)
-        try:
-            with procs.signals_held():
-                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_export_child)
-            with pool:
-                for artifact, seconds in pool.imap(_export_in_child, range(len(todo))):
-                    artifacts.append(artifact)
-                    job.timings[f"export_{artifact.precision}_{artifact.format}"] = seconds
-                    job.bar.advance(task)
-        finally:
-            _forked.clear()
-        return artifacts
-    for precision, fmt in todo:
-        job.bar.update(task, description=f"exporting {precision} .{fmt}")
-        artifact, job.timings[f"export_{precision}_{fmt}"] = _export_one(job, quantized, stage, precision, fmt)
+    for artifact, seconds in _forked_map(lambda i: _export_one(job, quantized, stage, *todo[i]), len(todo)):
         artifacts.append(artifact)
+        job.timings[f"export_{artifact.precision}_{artifact.format}"] = seconds
         job.bar.advance(task)
-    job.bar.update(task, description="exporting")
     return artifacts
 
 
-_forked: list[Any] = []  # (job, quantized, stage, todo) for the export children
+def _import_exporters(formats: Sequence[str]) -> None:
+    """Import the exporters' libraries once, before the fork: ExecuTorch's compiler alone takes ~10 s
+    to import here, which each child would pay again, and every later export in this process too."""
+    if "pte" in formats:
+        import executorch.backends.xnnpack.partition.xnnpack_partitioner  # noqa: F401
+        import executorch.exir  # noqa: F401
+    if "onnx" in formats:
+        import onnxscript  # noqa: F401
+        import torch.onnx._internal.exporter._core  # noqa: F401
 
 
-def _export_child() -> None:
-    """A forked export process: one intra-op thread (the parent's OpenMP threads are not in the child,
+def _forked_map(work: Any, count: int) -> Iterator[Any]:
+    """work(0) … work(count - 1), in order, in EXPORT_PROCESSES forked processes where the machine has
+    the cores and fork exists (nothing is pickled in: the children read `work` from the parent's
+    memory), else here."""
+    workers = min(count, EXPORT_PROCESSES, os.cpu_count() or 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(work, range(count))
+        return
+    _forked[:] = [work]
+    try:
+        with procs.signals_held():
+            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_forked_child)
+        with pool:
+            yield from pool.imap(_forked_call, range(count))
+    finally:
+        _forked.clear()
+
+
+_forked: list[Any] = []  # the work the forked children call
+
+
+def _forked_child() -> None:
+    """A forked worker: one intra-op thread (the parent's OpenMP threads are not in the child,
     and a team of one never needs them), Ctrl-C left to the parent, which ends the pool."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -354,9 +368,8 @@ def _export_child() -> None:
     procs.unhold_signals()
 
 
-def _export_in_child(index: int) -> tuple[Artifact, float]:
-    job, quantized, stage, todo = _forked
-    return _export_one(job, quantized, stage, *todo[index])
+def _forked_call(index: int) -> Any:
+    return _forked[0](index)
 
 
 def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt: str) -> tuple[Artifact, float]:
@@ -398,29 +411,40 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
     """Run every artifact with its own runtime on the held-out images, a chunk at a time (batched
     where the format allows, see runner.load); compare with the float model. Returns the float
     model's accuracy and outputs, and each artifact's outputs."""
-    # One intra-op thread per runtime: batches keep one core busy, and with anything else running on
-    # a 2-core machine a second thread made the lite interpreter 10-40× slower (seen: 0.35 → 3.9 ms an
-    # image at batch 32).
+    # A target of another architecture runs other integer kernels than this host's: check what the
+    # artifact says (onnxruntime's QDQ as written); the target proves its kernels match (validate).
+    host_kernels = job.target.arch == platform.machine()
+    for a in artifacts:
+        if a.format == "onnx" and a.precision == "int8":
+            a.details["host_check_kernels"] = "this host's (the target's architecture)" if host_kernels else \
+                f"QDQ as written (onnxruntime basic optimizations): {job.target.arch} kernels are not this host's"
+    runners: dict[str, runner.Runner] = {}  # loaded once per process, on its first chunk
+
+    def check_chunk(start: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        # One intra-op thread per runtime (the forked workers have one; set here too when there are
+        # none): batches keep one core busy, and with anything else running on a 2-core machine a
+        # second thread made the lite interpreter 10-40× slower (seen: 0.35 → 3.9 ms an image at batch 32).
+        torch.set_num_threads(1)
+        if not runners:
+            runners.update({a.key: runner.load(a.format, str(stage / a.path), engine=job.recipe.backend, threads=1,
+                                               host_kernels=host_kernels or a.precision == "fp32") for a in artifacts})
+        x = check.images.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
+        with torch.no_grad():
+            expected = job.loaded.module(torch.from_numpy(x)).numpy()
+        return expected, {key: run(x) for key, run in runners.items()}
+
     threads = torch.get_num_threads()
+    starts = range(0, len(check.indices), CHECK_CHUNK)
+    reference, outputs = [], {a.key: [] for a in artifacts}
+    task = job.bar.add_task("checking artifacts on the host", total=len(check.indices) * max(1, len(artifacts)))
     try:
-        # A target of another architecture runs other integer kernels than this host's: check what the
-        # artifact says (onnxruntime's QDQ as written); the target proves its kernels match (validate).
-        host_kernels = job.target.arch == platform.machine()
-        runners = {a.key: runner.load(a.format, str(stage / a.path), engine=job.recipe.backend, threads=1,
-                                      host_kernels=host_kernels or a.precision == "fp32") for a in artifacts}
-        for a in artifacts:
-            if a.format == "onnx" and a.precision == "int8":
-                a.details["host_check_kernels"] = "this host's (the target's architecture)" if host_kernels else \
-                    f"QDQ as written (onnxruntime basic optimizations): {job.target.arch} kernels are not this host's"
-        reference, outputs = [], {key: [] for key in runners}
-        task = job.bar.add_task("checking artifacts on the host", total=len(check.indices) * max(1, len(runners)))
-        for start in range(0, len(check.indices), CHECK_CHUNK):
-            x = check.images.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
-            with torch.no_grad():
-                reference.append(job.loaded.module(torch.from_numpy(x)).numpy())
-            for key, run in runners.items():
-                outputs[key].append(run(x))
-                job.bar.advance(task, len(x))
+        # Chunks of images across the forked workers: each preprocesses its chunk once and runs every
+        # artifact (and the float model) on it, one thread each.
+        for expected, produced in _forked_map(lambda i: check_chunk(starts[i]), len(starts)):
+            reference.append(expected)
+            for key, y in produced.items():
+                outputs[key].append(y)
+            job.bar.advance(task, len(expected) * max(1, len(artifacts)))
     finally:
         torch.set_num_threads(threads)
     ref = np.concatenate(reference)

@@ -8,8 +8,9 @@ emulated sysroot has the aarch64 runtime wheels and nothing else.
     python runner.py JOB.json      # JOB: {"artifacts": [{"format", "path", "outputs", "result"}, …],
                                    #       "engine", "threads", "inputs", "warmup", "runs"}
 
-One process runs every artifact of the job, so each runtime is imported once: under QEMU,
-importing torch costs tens of seconds, loading and running a small model well under one. For
+One process runs every artifact of the job, so each runtime is imported once. Under QEMU it runs
+the .onnx only: importing torch there costs tens of seconds, so .pte and .ptl run through their
+runtimes' C++ APIs instead (edgeq.qemu.native, same job, same files written). For
 each artifact it writes the outputs of every reference input (.npy) and a result JSON: where it
 ran (platform.machine(), the CPU model the kernel reports), the process's import time, load time,
 per-run latencies and the process's peak RSS so far. A result file exists only for an artifact
@@ -27,7 +28,7 @@ import sys
 import time
 import types
 import warnings
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,8 +45,8 @@ def import_runtime(fmt: str) -> None:
     if fmt == "pte":
         if "executorch.exir" not in sys.modules:
             # The runtime's pybindings import executorch.exir._warnings, and with it exir/__init__, which
-            # pulls in dynamo and inductor (~15 s more under emulation). Register the package bare so only
-            # that small submodule loads. executorch is a namespace package: __path__, not __file__.
+            # pulls in dynamo and inductor (~10 s on this host). Register the package bare so only that
+            # small submodule loads. executorch is a namespace package: __path__, not __file__.
             import executorch
 
             exir = types.ModuleType("executorch.exir")
@@ -234,12 +235,17 @@ def main(job_path: str) -> None:
             t0 = time.perf_counter()
             run(x)
             latencies.append((time.perf_counter() - t0) * 1e3)
-        result = {"machine": platform.machine(), "cpu": cpu, "cpu_features": features,
-                  "python": platform.python_version(), "import_s": import_s, "load_s": load_s,
-                  "latencies_ms": latencies, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        with open(artifact["result"] + ".part", "w") as f:
-            json.dump(result, f)
-        os.replace(artifact["result"] + ".part", artifact["result"])
+        write_result(artifact["result"], {
+            "machine": platform.machine(), "cpu": cpu, "cpu_features": features, "python": platform.python_version(),
+            "runner": "python", "import_s": import_s, "load_s": load_s, "latencies_ms": latencies,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def write_result(path: str, result: dict[str, Any]) -> None:
+    """One artifact's result file, whole or absent (validate reruns an artifact without one)."""
+    with open(path + ".part", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".part", path)
 
 
 if __name__ == "__main__":

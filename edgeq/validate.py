@@ -26,6 +26,7 @@ from edgeq.errors import EdgeqError
 from edgeq.manifest import MANIFEST, Artifact, HostCheck, Latency, Manifest, Parity, TargetRun, verify_file
 from edgeq.paths import remove_stale, scratch_prefix
 from edgeq.placement import Placement, measured, placement
+from edgeq.qemu import native
 from edgeq.qemu.provision import Emulator, emulator
 from edgeq.targets import Target, Thresholds, load_target, target_of
 
@@ -260,15 +261,18 @@ def _host_figures(a: Artifact, manifest: Manifest, limits: Thresholds) -> HostCh
 
 
 # Runtimes whose imports one runner process shares: ExecuTorch's pybindings and the lite interpreter
-# both load libtorch (tens of seconds under QEMU); onnxruntime needs none of it.
+# both load libtorch; onnxruntime needs none of it. Under QEMU, .pte and .ptl run natively
+# (edgeq.qemu.native), one runtime per program.
 PROCESS_GROUPS = (("onnx",), ("pte", "ptl"))
+NATIVE_GROUPS = (("onnx",), ("pte",), ("ptl",))
 
 
 def _run_all(artifacts: list[Artifact], session: Session, done: Callable[[Artifact, TargetRun], None]) -> None:
     """One runner process per runtime group, the groups side by side (each is single-threaded by
     default). When a process dies, the artifacts it left undone run again one per process, so a crash
     or hang loses only the artifact that caused it."""
-    groups = [[a for a in artifacts if a.format in formats] for formats in PROCESS_GROUPS]
+    kinds = NATIVE_GROUPS if session.emu is not None else PROCESS_GROUPS
+    groups = [[a for a in artifacts if a.format in formats] for formats in kinds]
     groups = [g for g in groups if g]
 
     def run_group(group: list[Artifact]) -> None:
@@ -313,6 +317,7 @@ def _on_target(group: list[Artifact], session: Session, done: Callable[[Artifact
             result.where, label = measured(session.plan, seen)
             result.machine, result.cpu, result.cpu_features = seen["machine"], seen["cpu"], seen["cpu_features"]
             result.python, result.import_s = seen["python"], round(seen["import_s"], 3)
+            result.runner = seen.get("runner")
             result.load_s = round(seen["load_s"], 4)
             result.peak_rss_mb = round(seen["peak_rss_mb"], 1)  # under QEMU: the emulator's, buffers included
             result.latency_ms = Latency(median=float(np.median(latencies)), p90=float(np.percentile(latencies, 90)),
@@ -370,6 +375,12 @@ def _run_runner(job: dict[str, Any], job_file: Path, session: Session, threads: 
                 plugin_log: Path | None = None) -> subprocess.CompletedProcess[str] | str:
     job_file.write_text(json.dumps(job))
     script = [str(Path(runner.__file__).resolve()), str(job_file)]
+    fmt = job["artifacts"][0]["format"]
+    if session.emu is not None and fmt in native.FORMATS:
+        try:
+            return native.run_job(job, session.emu, session.plan.qemu_cpu or "max", timeout, plugin_log)
+        except subprocess.TimeoutExpired:
+            return f"timed out after {session.options.timeout:g} s (raise --timeout)"
     if session.emu is None:
         argv, env = [sys.executable, *script], {**os.environ, "OMP_NUM_THREADS": str(threads)}
     else:

@@ -29,10 +29,11 @@ def test_setup_provisions_once_then_is_cached(emulated_target):
     started = time.perf_counter()
     emu = setup(log=lines.append)
     assert time.perf_counter() - started < 30 and emu.missing() == []
-    assert [ln.split(":")[0] for ln in lines] == ["qemu", "sysroot", "wheels", "stubs"]
+    assert [ln.split(":")[0] for ln in lines] == ["qemu", "sysroot", "wheels", "stubs", "native"]
     assert all("cached" in ln for ln in lines)
     assert (emu.root / "qemu" / "qemu-aarch64").is_file() and emu.python.is_file()
     assert "libcudart.so.13" in (emu.root / "stubs" / "STUBS").read_text()  # torch's CUDA build needs it
+    assert all((emu.root / "native" / f"{fmt}_run").is_file() for fmt in ("pte", "ptl"))
 
 
 @pytest.mark.qemu

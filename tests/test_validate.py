@@ -85,6 +85,8 @@ def test_export_validates_every_artifact_under_qemu(builtin_export):
     for a in manifest["artifacts"]:
         r = a["targets"]["arm64"]
         assert r["where"] == "emulated" and r["machine"] == "aarch64" and r["cpu"].startswith("Neoverse-N1"), r
+        # .pte and .ptl through their runtimes' C++ APIs (edgeq.qemu.native), .onnx through onnxruntime's Python
+        assert r["runner"] == ("python" if a["format"] == "onnx" else "native"), r
         parity = r["host_parity"]
         assert r["passed"] and r["check"]["samples"] == parity["samples"], r
         if parity["passed"]:  # the same computation as on the host: 32 inputs prove it
@@ -143,22 +145,26 @@ def test_timeout_is_reported_per_artifact(small_export, tmp_path):
 
 
 @pytest.mark.qemu
-def test_runner_crash_inside_the_emulator_keeps_the_others(small_export, tmp_path, emulated_target):
+@pytest.mark.parametrize("fmt, other, why", [
+    ("onnx", "pte", "runner failed on cortex-a53"),
+    ("pte", "onnx", "the ExecuTorch runtime refused the model at: program")])
+def test_runner_crash_inside_the_emulator_keeps_the_others(small_export, tmp_path, emulated_target, fmt, other, why):
     """A file the runtime cannot load (the manifest agrees with it, so it gets past the sha256 check)."""
     dist = _copy(small_export, tmp_path)
-    bad = dist / "model_int8.onnx"
-    bad.write_bytes(b"not an onnx model" * 100)
+    bad = dist / f"model_int8.{fmt}"
+    bad.write_bytes(b"not a model" * 100)
     manifest = Manifest.load(dist)
-    entry = manifest.artifact("onnx", "int8")
+    entry = manifest.artifact(fmt, "int8")
     entry.bytes, entry.sha256 = bad.stat().st_size, sha256_file(bad)
     manifest.write(dist)
     r = run_cli("validate", str(dist), "--target", "cortex-a53", "--runs", "3")
     assert r.exit_code == 1
-    assert "int8 .onnx failed" in r.stderr.strip().splitlines()[-1]
+    assert f"int8 .{fmt} failed" in r.stderr.strip().splitlines()[-1]
     results = {a.key: a.targets["cortex-a53"] for a in Manifest.load(dist).artifacts}
-    assert "runner failed on cortex-a53" in results["int8 .onnx"].error and not results["int8 .onnx"].passed
-    assert results["int8 .pte"].passed and results["int8 .pte"].machine == "aarch64"
-    assert results["int8 .pte"].cpu.startswith("Cortex-A53")
+    assert why in results[f"int8 .{fmt}"].error and not results[f"int8 .{fmt}"].passed
+    kept = results[f"int8 .{other}"]
+    assert kept.passed and kept.machine == "aarch64" and kept.cpu.startswith("Cortex-A53")
+    assert kept.runner == ("native" if other == "pte" else "python")
 
 
 @pytest.mark.qemu

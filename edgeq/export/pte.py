@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from edgeq.export import fast_lowering
 from edgeq.export.delegable import make_delegable
 from edgeq.graph import export_failure
 from edgeq.quantize import export_graph, quiet
@@ -54,7 +55,7 @@ def _lower(program: torch.export.ExportedProgram) -> tuple[bytes, Any, dict[str,
     import executorch.kernels.quantized  # noqa: F401 - registers out variants of the quantize/dequantize ops
 
     try:
-        with quiet(), _refusals() as reasons:
+        with quiet(), _refusals() as reasons, fast_lowering.skip_unmatchable_patterns(), fast_lowering.shared_provenance():
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             info = get_delegation_info(edge.exported_program().graph_module)
             return edge.to_executorch().buffer, info, reasons

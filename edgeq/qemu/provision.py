@@ -9,6 +9,7 @@ leaves nothing that a rerun would trust, and a rerun skips what is done.
     aarch64/sysroot/    CPython 3.11 and its libraries (Debian bookworm arm64 packages)
     aarch64/wheels/     aarch64 wheels of the runtimes, in the host's versions
     aarch64/stubs/      stub CUDA libraries: PyPI's aarch64 torch is a CUDA build
+    aarch64/native/     native .pte and .ptl runners (edgeq.qemu.native)
     aarch64/plugins/    a plugin-enabled qemu-aarch64 and QEMU's instruction-count plugin
                         (--with-plugins; Debian ships neither, so they are built from source)
 
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from edgeq import fetch
-from edgeq.qemu import stubs
+from edgeq.qemu import native, stubs
 from edgeq.errors import EdgeqError
 from edgeq.fetch import DEBIAN, DEBIAN_SECURITY, Log, cache_root, marker
 
@@ -71,10 +72,12 @@ class Emulator:
         return steps
 
     def command(self, cpu: str, argv: list[str], threads: int, count_instructions: bool = False,
-                plugin_log: Path | None = None) -> tuple[list[str], dict[str, str]]:
-        """(argv, environment) running `python3.11 argv…` on an emulated `cpu`, one thread per pool.
-        The guest's environment goes through -E, the host's stays as it is."""
-        guest = {"PYTHONPATH": str(self.root / "wheels"), "LD_LIBRARY_PATH": str(self.root / "stubs"),
+                plugin_log: Path | None = None, program: Path | None = None,
+                library_path: str | None = None) -> tuple[list[str], dict[str, str]]:
+        """(argv, environment) running `python3.11 argv…` (or a native `program`, with `library_path`
+        for its libraries) on an emulated `cpu`, one thread per pool. The guest's environment goes
+        through -E, the host's stays as it is."""
+        guest = {"PYTHONPATH": str(self.root / "wheels"), "LD_LIBRARY_PATH": library_path or str(self.root / "stubs"),
                  "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": str(threads),
                  "OPENBLAS_NUM_THREADS": "1"}  # numpy's BLAS threads would add instructions and noise
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -93,7 +96,7 @@ class Emulator:
         args = [*qemu, "-cpu", cpu, "-L", str(self.root / "sysroot")]
         for k, v in guest.items():
             args += ["-E", f"{k}={v}"]
-        return [*args, str(self.python), *argv], env
+        return [*args, str(program or self.python), *argv], env
 
 
 def emulator(target_name: str, with_plugins: bool = False) -> Emulator:
@@ -117,7 +120,7 @@ def setup(with_plugins: bool = False, log: Log = lambda _: None, native_only: bo
     emu = Emulator(cache_root() / "aarch64")
     emu.root.mkdir(parents=True, exist_ok=True)  # an unwritable cache fails here, before any step
     steps: list[tuple[str, Callable[[Path, Path], None]]] = [
-        ("qemu", _qemu), ("sysroot", _sysroot), ("wheels", _wheels), ("stubs", _stubs)]
+        ("qemu", _qemu), ("sysroot", _sysroot), ("wheels", _wheels), ("stubs", _stubs), ("native", native.build)]
     if native_only:
         steps = steps[:2]
     elif with_plugins:
@@ -132,7 +135,7 @@ def _keys() -> dict[str, str]:
     """What each step is built from: a changed key (new host runtime versions) means rebuild."""
     wheels = " ".join(_requirements())
     return {"qemu": "bookworm-backports qemu-user", "sysroot": " ".join(SYSROOT_PACKAGES) + " +bytecode", "wheels": wheels,
-            "stubs": wheels}
+            "stubs": wheels, "native": native.key(wheels)}
 
 
 def _requirements() -> list[str]:
