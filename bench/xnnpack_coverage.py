@@ -6,7 +6,8 @@ ratio of every format (.pte, .onnx, .ptl) for mobilenet_v2 and the built-in mode
 init with BatchNorm statistics re-estimated on real images (bench.weights); ops and instruction
 counts do not depend on training.
 
-    .venv/bin/python -m bench.xnnpack_coverage            # ~20 min on 2 cores; results/xnnpack_coverage.json
+    .venv/bin/python -m bench.xnnpack_coverage            # ~40 min on 2 cores; results/xnnpack_coverage.json
+    .venv/bin/python -m bench.xnnpack_coverage --ratios   # only the fp32 ÷ int8 ratios; results/instruction_ratios.json
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 
 from bench import measure, weights
 from bench.peers.calibration import calibration_batches, load
-from edgeq import runner
 from edgeq.config import QuantRecipe
 from edgeq.export import pte
+from edgeq.qemu import native
 from edgeq.qemu.provision import setup as setup_target
 from edgeq.quantize import quantize_static
 from edgeq.quantize.weights import ready_for_int8
@@ -36,26 +37,26 @@ COUNTED_RUNS = 5
 
 
 def instructions(path: Path, x: np.ndarray, work: Path) -> int:
-    """Guest instructions per inference under qemu-aarch64 (-cpu CPU): runs=N minus runs=0, one thread."""
+    """Guest instructions per inference under qemu-aarch64 (-cpu CPU): runs=N minus runs=0, one thread,
+    with the runners `edgeq validate` uses there (native for .pte/.ptl, Python for .onnx)."""
     emu = setup_target(with_plugins=True)
     np.save(work / f"{path.stem}.x.npy", x)
     counts = []
     for runs in (COUNTED_RUNS, 0):
-        job, log = work / f"{path.stem}.{runs}.json", work / f"{path.stem}.{runs}.log"
-        job.write_text(json.dumps({"artifacts": [{"format": path.suffix[1:], "path": str(path), "outputs": None,
-                                                  "result": str(work / f"{path.stem}.{runs}.result.json")}],
-                                   "engine": "qnnpack", "threads": 1, "inputs": str(work / f"{path.stem}.x.npy"),
-                                   "warmup": 1, "runs": runs}))
-        argv, env = emu.command(CPU, [str(Path(runner.__file__).resolve()), str(job)], 1, True, log)
-        measure.command(argv, work / f"{path.stem}.{runs}.out")
+        log = work / f"{path.stem}.{runs}.log"
+        job = {"artifacts": [{"format": path.suffix[1:], "path": str(path), "outputs": None,
+                              "result": str(work / f"{path.stem}.{runs}.result.json")}],
+               "engine": "qnnpack", "threads": 1, "inputs": str(work / f"{path.stem}.x.npy"), "warmup": 1, "runs": runs}
+        proc = native.run_emulated(job, work / f"{path.stem}.{runs}.json", emu, CPU, 1, 3600, log)
+        assert proc.returncode == 0, proc.stderr[-2000:]
         counts.append(int(re.findall(r"insns:\s*(\d+)", log.read_text())[-1]))
     return round((counts[0] - counts[1]) / COUNTED_RUNS)
 
 
-def main() -> None:
+def main(ratios_only: bool = False) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgeq-bench-xnnpack-"))
     rows, jobs = [], []
-    for net in NETS:
+    for net in () if ratios_only else NETS:
         model, shape, calib = load_net(net)
         for precision, m in (("fp32", model), ("int8", int8_models(model, shape, calib)["xnnpack"])):
             for rewrite in (False, True):
@@ -73,7 +74,8 @@ def main() -> None:
     ratios = {}
     for net in ("mobilenet_v2", "builtin"):
         ratios[net] = {}
-        for fmt, precision, path in every_format(net, *load_net(net), work):
+        model, shape, calib = load_net(net)
+        for fmt, precision, path in every_format(net, model, shape, calib, work):
             row = {"net": net, "format": fmt, "precision": precision, "lowering": "edgeq"}
             ratios[net].setdefault(fmt, {})[precision] = row
             jobs.append((row, path, calib[:1]))
@@ -85,7 +87,7 @@ def main() -> None:
                               "fp32_over_int8": round(by["fp32"][f"instructions_{CPU}"] /
                                                       by["int8"][f"instructions_{CPU}"], 2)}
                         for fmt, by in formats.items()} for net, formats in ratios.items()}
-    out = ROOT / "bench" / "results" / "xnnpack_coverage.json"
+    out = ROOT / "bench" / "results" / ("instruction_ratios.json" if ratios_only else "xnnpack_coverage.json")
     out.write_text(json.dumps({"cpu": CPU, "rows": rows, "fp32_over_int8_instructions": ratio_rows}, indent=1) + "\n")
     print(table(rows))
     print(json.dumps(ratio_rows, indent=1))
@@ -143,4 +145,6 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(ratios_only="--ratios" in sys.argv[1:])

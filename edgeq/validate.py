@@ -373,21 +373,14 @@ def _job(group: list[Artifact], session: Session, stem: str, runs: int, counting
 
 def _run_runner(job: dict[str, Any], job_file: Path, session: Session, threads: int, timeout: float,
                 plugin_log: Path | None = None) -> subprocess.CompletedProcess[str] | str:
-    job_file.write_text(json.dumps(job))
-    script = [str(Path(runner.__file__).resolve()), str(job_file)]
-    fmt = job["artifacts"][0]["format"]
-    if session.emu is not None and fmt in native.FORMATS:
-        try:
-            return native.run_job(job, session.emu, session.plan.qemu_cpu or "max", timeout, plugin_log)
-        except subprocess.TimeoutExpired:
-            return f"timed out after {session.options.timeout:g} s (raise --timeout)"
-    if session.emu is None:
-        argv, env = [sys.executable, *script], {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    else:
-        argv, env = session.emu.command(session.plan.qemu_cpu or "max", script, threads, plugin_log is not None,
-                                        plugin_log)
     try:
-        return procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        if session.emu is not None:
+            return native.run_emulated(job, job_file, session.emu, session.plan.qemu_cpu or "max", threads, timeout,
+                                       plugin_log)
+        job_file.write_text(json.dumps(job))
+        argv = [sys.executable, str(Path(runner.__file__).resolve()), str(job_file)]
+        return procs.run(argv, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"timed out after {session.options.timeout:g} s (raise --timeout)"
 

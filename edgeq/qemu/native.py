@@ -18,6 +18,7 @@ The job format is edgeq/runner.py's: `run_job` writes the same outputs (.npy) an
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -95,6 +96,18 @@ def build(out: Path, root: Path) -> None:
                         f"link the native {fmt} runner")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_emulated(job: dict[str, Any], job_file: Path, emu: Any, cpu: str, threads: int, timeout: float,
+                 plugin_log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """An edgeq/runner.py job on the emulated `cpu`: natively for .pte/.ptl (`run_job`), else runner.py
+    under the emulated Python, reading `job_file`. Raises subprocess.TimeoutExpired like procs.run."""
+    job_file.write_text(json.dumps(job))
+    if job["artifacts"][0]["format"] in FORMATS:
+        return run_job(job, emu, cpu, timeout, plugin_log)
+    argv, env = emu.command(cpu, [str(Path(runner.__file__).resolve()), str(job_file)], threads,
+                            plugin_log is not None, plugin_log)
+    return procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
 def run_job(job: dict[str, Any], emu: Any, cpu: str, timeout: float,
