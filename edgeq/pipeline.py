@@ -55,7 +55,7 @@ REFERENCE_SAMPLES = 256
 REFERENCE_BYTES = 16 << 20  # at 224×224×3 that is 26 inputs
 LAYER_NUMERICS_IMAGES = 16  # held-out images: enough to rank layers
 SEARCH_BYTES = 512 << 20  # check images an accuracy-budget search scores candidates on, at most
-EXPORT_PROCESSES = 2  # artifacts exported side by side (each lowering is one single-threaded Python process)
+EXPORT_PROCESSES = 2  # forked workers for the exports and the host check (lowering is single-threaded Python)
 CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory at 224×224)
 
 
