@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -118,8 +120,10 @@ def run_job(job: dict[str, Any], emu: Any, cpu: str, timeout: float,
     fmt = artifacts[0]["format"]
     inputs = np.load(job["inputs"], allow_pickle=False).astype(np.float32, copy=False)
     raw = Path(job["inputs"]).with_suffix(".f32")
-    if not raw.exists():
-        np.ascontiguousarray(inputs).tofile(raw)
+    if not raw.exists():  # runners of two formats may start side by side: each file appears whole
+        part = raw.with_name(f"{raw.name}.{os.getpid()}.{threading.get_ident()}.part")
+        np.ascontiguousarray(inputs).tofile(part)
+        os.replace(part, raw)
     count = len(inputs) if any(a["outputs"] for a in artifacts) else 0
     pairs = [(a["path"], a["outputs"] + ".f32" if a["outputs"] else "-") for a in artifacts]
     args = [str(raw), str(count), str(job["warmup"]), str(job["runs"]), str(job.get("threads") or 1), job["engine"],
