@@ -59,9 +59,17 @@ def library_path(root: Path, fmt: str) -> str:
 
 
 def build(out: Path, root: Path) -> None:
+    """The two runners into `out`; the downloads and objects in a scratch folder beside it, removed."""
+    scratch = out.with_name(out.name + ".build")
+    try:
+        _build(out, root, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build(out: Path, root: Path, scratch: Path) -> None:
     from edgeq.qemu.provision import zig_compiler
 
-    scratch = out.with_name(out.name + ".build")
     dev = scratch / "dev"
     for deb in fetch.apt_download(LIBSTDCXX_DEV, "arm64", [f"{DEBIAN} bookworm"], scratch / "debs", scratch / "apt",
                                   "the arm64 C++ headers the native runners build with", STEP):
@@ -85,28 +93,25 @@ def build(out: Path, root: Path) -> None:
         "ptl": (["-I", str(torch / "include"), "-I", str(torch / "include" / "torch" / "csrc" / "api" / "include")],
                 [torch / "lib" / "libtorch_cpu.so", torch / "lib" / "libc10.so"]),
     }
-    try:
-        with zig_compiler(scratch / "zig", STEP) as compile:
-            for fmt, (includes, libraries) in runtimes.items():
-                obj = scratch / f"{fmt}_run.o"
-                compile(["c++", *TARGET, *cxx, f"-DEDGEQ_{fmt.upper()}", *includes, "-c", "-o", str(obj),
-                         str(source())], f"compile the native {fmt} runner")
-                # --no-as-needed: the backends and kernels register themselves when loaded, unreferenced.
-                compile(["cc", *TARGET, "-o", str(out / f"{fmt}_run"), str(obj), "-Wl,--no-as-needed",
-                         *map(str, libraries), str(sysroot / "usr" / "lib" / "aarch64-linux-gnu" / "libstdc++.so.6"),
-                         str(sysroot / "lib" / "aarch64-linux-gnu" / "libgcc_s.so.1"), "-Wl,--allow-shlib-undefined"],
-                        f"link the native {fmt} runner")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with zig_compiler(scratch / "zig", STEP) as compile:
+        for fmt, (includes, libraries) in runtimes.items():
+            obj = scratch / f"{fmt}_run.o"
+            compile(["c++", *TARGET, *cxx, f"-DEDGEQ_{fmt.upper()}", *includes, "-c", "-o", str(obj),
+                     str(source())], f"compile the native {fmt} runner")
+            # --no-as-needed: the backends and kernels register themselves when loaded, unreferenced.
+            compile(["cc", *TARGET, "-o", str(out / f"{fmt}_run"), str(obj), "-Wl,--no-as-needed",
+                     *map(str, libraries), str(sysroot / "usr" / "lib" / "aarch64-linux-gnu" / "libstdc++.so.6"),
+                     str(sysroot / "lib" / "aarch64-linux-gnu" / "libgcc_s.so.1"), "-Wl,--allow-shlib-undefined"],
+                    f"link the native {fmt} runner")
 
 
 def run_emulated(job: dict[str, Any], job_file: Path, emu: Any, cpu: str, threads: int, timeout: float,
                  plugin_log: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """An edgeq/runner.py job on the emulated `cpu`: natively for .pte/.ptl (`run_job`), else runner.py
-    under the emulated Python, reading `job_file`. Raises subprocess.TimeoutExpired like procs.run."""
-    job_file.write_text(json.dumps(job))
+    """An edgeq/runner.py job on the emulated `cpu`: natively for .pte/.ptl (`run_job`, from arguments),
+    else runner.py under the emulated Python, reading `job_file`. Raises subprocess.TimeoutExpired like procs.run."""
     if job["artifacts"][0]["format"] in FORMATS:
         return run_job(job, emu, cpu, timeout, plugin_log)
+    job_file.write_text(json.dumps(job))
     argv, env = emu.command(cpu, [str(Path(runner.__file__).resolve()), str(job_file)], threads,
                             plugin_log is not None, plugin_log)
     return procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
