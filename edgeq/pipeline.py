@@ -150,9 +150,8 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
             return None
         check = prepared.check
 
-        numerics = _layer_numerics(job, prepared)
         with staged_output(out, before_replace=lambda: check_output_folder(out, inputs)) as stage:
-            artifacts = _export_all(job, prepared.quantized, stage)
+            artifacts, numerics = _export_all(job, prepared, stage)
             t0 = time.perf_counter()
             float_accuracy, float_outputs, host_outputs = _host_check(job, check, artifacts, stage)
             job.timings["host_check"] = time.perf_counter() - t0
@@ -297,34 +296,41 @@ def _train(job: Job, world: qat.World) -> Prepared:
     return Prepared(quantized, check, split.images, used, training)
 
 
-def _layer_numerics(job: Job, prepared: Prepared) -> LayerNumerics | None:
-    """Per-layer SQNR of the PT2E int8 model (the .pte's graph) on a few held-out images."""
-    flow = next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None)
-    if flow is None:
-        return None
+def _layer_numerics(job: Job, prepared: Prepared, flow: str) -> tuple[LayerNumerics, float]:
+    """Per-layer SQNR of the PT2E int8 model (the .pte's graph) on a few held-out images, and its time
+    (never touches the progress bar: it runs in a forked child)."""
     t0 = time.perf_counter()
-    task = job.bar.add_task("per-layer numerics", total=None)
     check = prepared.check
     images = check.images.batch(job.preprocess, list(check.indices)[:LAYER_NUMERICS_IMAGES])
     numerics = layer_errors(job.reference(), prepared.quantized.models[flow], images, flow, job.recipe.float_layers)
-    job.bar.remove_task(task)
-    job.timings["layer_numerics"] = time.perf_counter() - t0
-    return numerics
+    return numerics, time.perf_counter() - t0
 
 
-def _export_all(job: Job, quantized: Quantized, stage: Path) -> list[Artifact]:
-    """Every format × precision into `stage`, each with its file's size and sha256. Lowering is
-    single-threaded Python (ExecuTorch's passes, the ONNX exporter), so the artifacts are exported
-    in forked processes side by side where the machine has the cores."""
+def _export_all(job: Job, prepared: Prepared, stage: Path) -> tuple[list[Artifact], LayerNumerics | None]:
+    """Every format × precision into `stage`, each with its file's size and sha256, and the per-layer
+    numerics. Lowering (ExecuTorch's passes, the ONNX exporter) and the numerics are single-threaded
+    Python, so they run in forked processes side by side where the machine has the cores; the
+    numerics go last, beside the longest lowering (a .pte)."""
     todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
+    flow = next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None)
     _import_exporters(job.config.formats)
-    task = job.bar.add_task("exporting", total=len(todo))
-    artifacts = []
-    for artifact, seconds in _forked_map(lambda i: _export_one(job, quantized, stage, *todo[i]), len(todo)):
-        artifacts.append(artifact)
-        job.timings[f"export_{artifact.precision}_{artifact.format}"] = seconds
+    task = job.bar.add_task("exporting" + (" and per-layer numerics" if flow else ""), total=len(todo) + bool(flow))
+
+    def work(i: int) -> tuple[Any, float]:
+        if i == len(todo):
+            return _layer_numerics(job, prepared, flow)
+        return _export_one(job, prepared.quantized, stage, *todo[i])
+
+    artifacts, numerics = [], None
+    for done, seconds in _forked_map(work, len(todo) + bool(flow)):
+        if isinstance(done, Artifact):
+            artifacts.append(done)
+            job.timings[f"export_{done.precision}_{done.format}"] = seconds
+        else:
+            numerics = done
+            job.timings["layer_numerics"] = seconds
         job.bar.advance(task)
-    return artifacts
+    return artifacts, numerics
 
 
 def _import_exporters(formats: Sequence[str]) -> None:

@@ -64,10 +64,10 @@ def test_summary_table(tmp_path):
 def test_reexport_into_own_folder_replaces_it(tmp_path):
     out = tmp_path / "dist"
     for _ in range(2):
-        result = run_cli("export", "--no-validate", "--out", str(out), "--formats", "pte", "--precisions", "fp32",
+        result = run_cli("export", "--no-validate", "--out", str(out), "--formats", "ptl", "--precisions", "fp32",
                          "--check-samples", "50", "-q")
         assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.pte", "reference.npz", "report.html",
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model_fp32.ptl", "reference.npz", "report.html",
                                                      "report.md"]
     assert [p.name for p in tmp_path.iterdir()] == ["dist"]
 

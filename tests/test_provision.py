@@ -37,11 +37,12 @@ def test_setup_provisions_once_then_is_cached(emulated_target):
 
 
 @pytest.mark.qemu
-def test_emulated_python_is_aarch64_and_torch_sees_no_cuda(emulated_target):
+def test_emulated_python_is_aarch64_with_onnxruntime_on_its_cpu(emulated_target):
+    """The emulated Python runs only runner.py's .onnx jobs (.pte/.ptl run natively): what it imports."""
     import subprocess
 
-    argv, env = emulated_target.command("cortex-a53", ["-c", "import platform, torch; "
-                                                      "print(platform.machine(), torch.cuda.is_available())"], 1)
+    argv, env = emulated_target.command("cortex-a53", ["-c", "import platform, onnxruntime; "
+                                                      "print(platform.machine(), onnxruntime.get_device())"], 1)
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["aarch64", "False"]
+    assert out.stdout.split() == ["aarch64", "CPU"]

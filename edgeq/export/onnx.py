@@ -22,6 +22,7 @@ from torch import nn
 
 from edgeq.config import QuantRecipe
 from edgeq.errors import EdgeqError
+from edgeq.export import fast_lowering
 from edgeq.graph import export_failure
 from edgeq.quantize import export_graph, quiet
 from edgeq.quantize.observers import ort_calibration
@@ -39,6 +40,7 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized
     """`float_layers`: the int8 model's float layers (edgeq.quantize.plan), expected without Q/DQ. The
     batch dimension is dynamic: onnxruntime runs a batch in one call (the host check does)."""
     program = export_graph(model, input_shape, dynamic_batch=True)
+    fast_lowering.out_of_place(program)
     try:
         with quiet():
             onnx_program = torch.onnx.export(program, (torch.zeros(input_shape),), dynamo=True, verbose=False,

@@ -91,8 +91,8 @@ def test_a_plan_leaves_its_layers_float_in_every_format(tmp_path, float_layers):
 
 
 def _budget_config(**budget) -> ExportConfig:
-    return ExportConfig(model=f"{MODELS}:one_bad_layer", formats=("pte", "onnx", "ptl"), validate=False,
-                        data=DataConfig(check_samples=500),
+    return ExportConfig(model=f"{MODELS}:one_bad_layer", formats=("pte", "onnx", "ptl"), precisions=("int8",),
+                        validate=False, data=DataConfig(check_samples=500),
                         budget=BudgetConfig(**budget))
 
 
