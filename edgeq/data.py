@@ -150,13 +150,47 @@ def image_folder(root: Path) -> ImageSet:
         try:
             with Image.open(path) as im:
                 im.load()
-                return im
-        except (UnidentifiedImageError, OSError) as e:
+                return eight_bit(im, path)
+        except Image.DecompressionBombError as e:
+            raise EdgeqError(f"image {path} is too large to decode safely ({e}): shrink it, or remove it "
+                             "from the folder") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise EdgeqError(f"cannot read image {path}: {e}; remove or replace the file") from None
 
     labels = np.array([k for _, k in files]) if classes else None
     return ImageSet(description=f"image folder {root}", load=load, count=len(files), labels=labels,
                     classes=tuple(classes) if classes else None)
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_PREPROCESSED = ("1", "L", "P", "RGB")  # modes Preprocess.apply converts to "L" and "RGB" as they are
+
+
+def eight_bit(image: Image.Image, path: Path) -> Image.Image:
+    """The image in 8 bits per channel, which preprocessing (and the app, from a Bitmap) works in,
+    each value scaled by its own depth: 16-bit integer images by 65535 (PIL would clip them at
+    255), float images by 1 (they must hold 0 to 1; PIL would read 0.8 as 0). Alpha is dropped, as
+    torchvision's loader drops it. A 32-bit integer image (mode I) has no known white level: refused."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT or mode == "F":
+        x = np.asarray(image, dtype=np.float64) / (65535.0 if mode in _SIXTEEN_BIT else 1.0)
+        if mode == "F" and x.size and not (np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1):
+            finite = x[np.isfinite(x)]
+            values = (f"values from {finite.min():g} to {finite.max():g}" if finite.size else "no finite value") + \
+                (" and NaN/inf" if finite.size < x.size else "")
+            raise EdgeqError(f"image {path} is a 32-bit float image (mode F) with {values}: edgeq reads float images "
+                             "as 0 (black) to 1 (white); save it in that range, or as an 8- or 16-bit image")
+        return Image.fromarray(np.round(x * 255).astype(np.uint8), mode="L")
+    if mode == "I":
+        raise EdgeqError(f"image {path} is a 32-bit integer image (mode I), whose white level is not known: "
+                         "save it as an 8- or 16-bit image")
+    if mode in _PREPROCESSED:
+        return image
+    try:  # with alpha (RGBA, LA, PA), CMYK, YCbCr, LAB, HSV: their colours, alpha dropped
+        return image.convert("L" if mode in ("LA", "La") else "RGB")
+    except ValueError:
+        raise EdgeqError(f"image {path} has mode {mode}, which PIL cannot convert to grayscale or RGB: save it as an 8-bit "
+                         "RGB or grayscale image") from None
 
 
 def _is_image(path: Path) -> bool:

@@ -225,5 +225,8 @@ def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) ->
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise EdgeqError(f"{source} must return one N×classes tensor of logits, got "
                          f"{type(out).__name__}{'' if not isinstance(out, torch.Tensor) else tuple(out.shape)}")
+    if out.shape[-1] < 1:
+        raise EdgeqError(f"{source} outputs no class scores (shape {tuple(out.shape)}): build it with at least one "
+                         "class (e.g. ?num_classes=10)")
     return int(out.shape[-1])
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,33 @@ def test_corrupt_image_file(tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     r = run_cli("export", "--calib-data", str(folder), "--out", str(tmp_path / "dist"), "--check-samples", "2")
     assert_user_error(r, "broken.png")
+    assert_nothing_written(tmp_path)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width × height 1-bit pixels and holds none (a bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_image(tmp_path):
+    """400 M pixels declared: more than twice PIL's limit, so PIL refuses to decode it."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((28, 28), i * 50, np.uint8)).save(folder / f"{i}.png")
+    (folder / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    r = run_cli("export", "--calib-data", str(folder), "--out", str(tmp_path / "dist"), "--check-samples", "2")
+    assert_user_error(r, "bomb.png", "too large to decode safely")
+    assert_nothing_written(tmp_path)
+
+
+def test_model_without_classes(tmp_path):
+    r = run_cli("export", "--model", "torchvision:mobilenet_v2?num_classes=0", "--input-shape", "1,3,32,32",
+                "--out", str(tmp_path / "dist"))
+    assert_user_error(r, "outputs no class scores", "num_classes")
     assert_nothing_written(tmp_path)
 
 

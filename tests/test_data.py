@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,3 +75,64 @@ def test_bundled_subset_is_used_without_the_debian_package(tmp_path):
     assert origin == "edgeq bundled subset"
     assert images.shape == (1024, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (1024,) and set(np.unique(labels)) == set(range(10))
+
+
+# --- every mode PIL reads, scaled by its own depth ------------------------------------------------
+
+def _gradient() -> np.ndarray:
+    """An 8-bit RGB gradient with every value 0..255 in it."""
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    return np.stack([ramp, ramp.T, 255 - ramp], axis=-1)
+
+
+def _saved_modes(folder) -> dict[str, Image.Image]:
+    """The gradient in the modes PIL writes, each saved and read back; the ones whose values are the
+    same 8-bit picture (or its gray levels) after scaling by their own depth."""
+    rgb = _gradient()
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    files = {
+        "rgb.png": Image.fromarray(rgb),
+        "gray.png": Image.fromarray(gray),
+        "gray16.png": Image.fromarray(gray.astype(np.uint16) * 257),  # PIL reads it as I;16
+        "gray16.tif": Image.fromarray(gray.astype(np.uint16) * 257),
+        "float.tif": Image.fromarray(gray.astype(np.float32) / 255),  # mode F, 0..1
+        "rgba.png": Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])),
+        "la.png": Image.fromarray(gray).convert("LA"),
+        "palette.png": Image.fromarray(rgb).quantize(256, dither=Image.Dither.NONE),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+    }
+    folder.mkdir()
+    for name, image in files.items():
+        image.save(folder / name, **({"quality": 100} if name.endswith(".jpg") else {}))
+    return files
+
+
+def test_every_image_mode_reads_as_its_own_picture(tmp_path):
+    files = _saved_modes(tmp_path / "modes")
+    images = image_folder(tmp_path / "modes")
+    names = sorted(files)
+    modes = {name: Image.open(tmp_path / "modes" / name).mode for name in names}
+    assert modes["gray16.png"] == "I;16" and modes["float.tif"] == "F" and modes["palette.png"] == "P"
+    pre = Preprocess(size=(16, 16), channels=1, resize=None, mean=(0.0,), std=(1.0,))
+    expected = pre.apply(Image.open(tmp_path / "modes" / "gray.png"))
+    for i, name in enumerate(names):
+        x = images.batch(pre, [i])[0]
+        tolerance = 3 / 255 if name in ("cmyk.jpg", "palette.png") else 1 / 255  # lossy colour round trips
+        assert np.abs(x - expected).max() <= tolerance, (name, modes[name], np.abs(x - expected).max())
+    rgb = Preprocess(size=(16, 16), channels=3, resize=None, mean=(0.0,) * 3, std=(1.0,) * 3)
+    x = images.batch(rgb, [names.index("gray16.png")])[0]
+    assert np.abs(x - expected).max() <= 1 / 255  # gray replicated into each channel
+
+
+@pytest.mark.parametrize("name, image, needle", [
+    ("over.tif", Image.fromarray(np.full((8, 8), 2.5, np.float32)), "(mode F) with values from 2.5 to 2.5"),
+    ("nan.tif", Image.fromarray(np.full((8, 8), np.nan, np.float32)), "no finite value and NaN/inf"),
+    ("int32.tif", Image.fromarray(np.full((8, 8), 70000, np.int32)), "32-bit integer image (mode I)"),
+])
+def test_images_without_a_known_white_level_are_refused_by_name(tmp_path, name, image, needle):
+    (tmp_path / "data").mkdir()
+    image.save(tmp_path / "data" / name)
+    pre = Preprocess(size=(8, 8), channels=1, resize=None, mean=(0.0,), std=(1.0,))
+    with pytest.raises(EdgeqError, match=re.escape(needle)) as e:
+        image_folder(tmp_path / "data").batch(pre, [0])
+    assert name in str(e.value) and "\n" not in str(e.value)

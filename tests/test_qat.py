@@ -171,22 +171,22 @@ def test_ddp_on_two_processes_gives_the_same_quality(qat_export, tmp_path):
     """torchrun, 2 CPU processes on gloo, half the per-process batch: the same global batch and steps."""
     single, _ = qat_export
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
-    ddp = _edgeq("-m", "edgeq", "export", *QAT_FAST, "--batch-size", "32", "--formats", "onnx",
+    ddp = _edgeq("-m", "edgeq", "export", *QAT_FAST, "--batch-size", "32", "--formats", "ptl",
                  "--out", str(tmp_path / "dist"), launcher=torchrun)
     assert ddp["training"]["processes"] == 2
-    one, two = single["training"]["flows"][0], ddp["training"]["flows"][0]
-    assert two["flow"] == "xnnpack"
+    one, two = single["training"]["flows"][1], ddp["training"]["flows"][0]
+    assert one["flow"] == two["flow"] == "fx"  # the FX flow (.ptl): the same loop as PT2E's, and cheaper
     assert abs(two["best_val_accuracy"] - one["best_val_accuracy"]) <= 0.02, (one, two)
-    acc = {m["training"]["processes"]: next(a["host_check"] for a in m["artifacts"] if a["format"] == "onnx")
+    acc = {m["training"]["processes"]: next(a["host_check"] for a in m["artifacts"] if a["format"] == "ptl")
            for m in (single, ddp)}
     assert acc[2]["passed"] and abs(acc[2]["accuracy"] - acc[1]["accuracy"]) <= 0.02, acc
 
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "dist"
-    checkpoint = tmp_path / "dist.qat" / "xnnpack.pt"
+    checkpoint = tmp_path / "dist.qat" / "fx.pt"  # the FX flow (.ptl): the same loop as PT2E's, and cheaper
     args = [EDGEQ, "export", "--no-validate", "--method", "qat", "--epochs", "2", "--train-samples", "4096", "--val-samples", "256",
-            "--checkpoint-every", "10", "--formats", "onnx", "--precisions", "int8", "--check-samples", "300",
+            "--checkpoint-every", "10", "--formats", "ptl", "--precisions", "int8", "--check-samples", "300",
             "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
