@@ -10,6 +10,7 @@ only while all of those are there, so a rerun skips what is done and rebuilds wh
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -84,16 +85,33 @@ def building(final: Path, key: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def locked(path: Path, log: Log = lambda _: None, what: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing), waiting for its holder: two
+    processes (two test workers, two terminals) never build the same thing at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{what or path.name}: waiting for another edgeq process that is setting it up …")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # the lock goes with the closed file, also when the process is killed
+
+
 def cached_step(final: Path, key: str, build: Callable[[Path], None], log: Log) -> Path:
-    """Run `build(tmp)` unless `final` is already built from `key` and complete."""
-    done, damage = step_state(final)
-    if done == key:
-        log(f"{final.name}: cached in {final}")
-        return final
-    log(f"{final.name}: {'damaged (' + damage + '), rebuilding' if damage else 'setting up'} …")
-    with building(final, key) as tmp:
-        build(tmp)
-    log(f"{final.name}: done ({folder_size(final)})")
+    """Run `build(tmp)` unless `final` is already built from `key` and complete. Processes building
+    the same step take turns; the later one finds it done."""
+    if step_state(final)[0] != key:
+        with locked(final.with_name(f".{final.name}.lock"), log, final.name):
+            done, damage = step_state(final)
+            if done != key:
+                log(f"{final.name}: {'damaged (' + damage + '), rebuilding' if damage else 'setting up'} …")
+                with building(final, key) as tmp:
+                    build(tmp)
+                log(f"{final.name}: done ({folder_size(final)})")
+                return final
+    log(f"{final.name}: cached in {final}")
     return final
 
 

@@ -57,11 +57,35 @@ def import_runtime(fmt: str) -> None:
 
 def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = None,
          host_kernels: bool = True) -> Runner:
-    """The artifact's own runtime; `engine` is torch's quantized engine for .ptl (qnnpack | x86).
-    host_kernels=False (a host check for another architecture): onnxruntime runs a QDQ graph as
+    """An image model's artifact in its own runtime: a batch in, its outputs out, batched where the
+    artifact allows (else a sample at a time). `engine` is torch's quantized engine for .ptl (qnnpack |
+    x86). host_kernels=False (a host check for another architecture): onnxruntime runs a QDQ graph as
     written, dequantize → float op → quantize, instead of fusing it into this host's integer
     kernels, which are not the target's: on x86 without VNNI they saturate (u8s8 VPMADDUBSW;
     seen: the built-in model's int8 .onnx 20.7 dB here against 32.0 dB on arm64 and as written)."""
+    run = load_tensors(fmt, path, engine, threads, host_kernels)
+
+    def one(x: np.ndarray) -> np.ndarray:
+        return run([x])[0]
+    if fmt == "pte" or run.fixed_batch:  # a .pte's shapes are planned for one sample: a loop costs ~20 µs a call
+        return _per_sample(one)
+    return _batched_or_per_sample(one) if fmt == "ptl" else one
+
+
+class Tensors:
+    """An artifact loaded in its own runtime, for any number of inputs and outputs of any dtype: one
+    call is one run at the shapes given, every output returned in order."""
+
+    def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], fixed_batch: bool) -> None:
+        self.run, self.fixed_batch = run, fixed_batch
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.run(inputs)
+
+
+def load_tensors(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = None,
+                 host_kernels: bool = True) -> Tensors:
+    """The artifact's own runtime (see load for `engine` and `host_kernels`)."""
     import_runtime(fmt)
     if fmt == "onnx":
         import onnxruntime as ort
@@ -73,11 +97,9 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
         if threads:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        batch = session.get_inputs()[0].shape[0]
-        if isinstance(batch, int):  # a fixed batch dimension: one sample at a time
-            return _per_sample(lambda x: session.run(None, {name: x})[0])
-        return lambda x: session.run(None, {name: x})[0]
+        names = [i.name for i in session.get_inputs()]
+        return Tensors(lambda xs: list(session.run(None, dict(zip(names, xs)))),
+                       fixed_batch=isinstance(session.get_inputs()[0].shape[0], int))
 
     import torch
 
@@ -90,8 +112,8 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
             if threads:
                 _executorch_threads(threads)
             method = Runtime.get().load_program(path).load_method("forward")
-        # The program's shapes are planned for one sample: a Python loop costs ~20 µs a call beside it.
-        return _per_sample(lambda x: method.execute([torch.from_numpy(x)])[0].numpy())
+        return Tensors(lambda xs: [y.numpy() for y in method.execute([torch.from_numpy(x) for x in xs])],
+                       fixed_batch=True)
     if fmt == "ptl":
         from torch.jit.mobile import _load_for_lite_interpreter
 
@@ -99,10 +121,11 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
             warnings.simplefilter("ignore")
             module = _load_for_lite_interpreter(path)
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(xs: list[np.ndarray]) -> list[np.ndarray]:
             with quantized_engine(engine), torch.no_grad():
-                return module(torch.from_numpy(x)).numpy()
-        return _batched_or_per_sample(run)
+                y = module(*[torch.from_numpy(x) for x in xs])
+            return [t.numpy() for t in (y if isinstance(y, (tuple, list)) else [y])]
+        return Tensors(run, fixed_batch=False)
     raise ValueError(f"unknown format {fmt!r}")
 
 

@@ -22,9 +22,10 @@ fi
 # pkg-config to build QEMU's instruction-count plugin). Usually present; installed when missing.
 missing=()
 # chromium: the report test renders report.html headless (skipped without it).
+# espeak-ng: speech for the voice-activity model of the dynamic-quantization tests.
 # The Android demo's offline APK build and JVM tests: aapt, zipalign, apksigner, a JDK, JUnit 4, npm.
 tools=(readelf:binutils gcc:gcc ninja:ninja-build pkg-config:pkg-config)
-[ $test_tools = 1 ] && tools+=(chromium:chromium aapt:aapt zipalign:zipalign apksigner:apksigner
+[ $test_tools = 1 ] && tools+=(chromium:chromium espeak-ng:espeak-ng aapt:aapt zipalign:zipalign apksigner:apksigner
                                javac:openjdk-17-jdk-headless npm:npm)
 for tool in "${tools[@]}"; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")

@@ -41,3 +41,44 @@ def test_a_failing_command_is_one_line_naming_what_failed():
     assert "\n" not in str(e.value)
     with pytest.raises(EdgeqError, match="no-such-tool is not installed"):
         run(["no-such-tool"], "run it", "android")
+
+
+_BUILD_SLOWLY = """
+import sys, time
+from pathlib import Path
+from edgeq.fetch import cached_step
+
+def build(tmp):
+    with open(sys.argv[2], "a") as log:
+        log.write("start\\n")
+    # Build until the other process has arrived (and then some), so that it finds this one building.
+    deadline = time.time() + 30
+    while Path(sys.argv[2]).read_text().count("arrived") < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    (tmp / "file").write_text("x")
+    with open(sys.argv[2], "a") as log:
+        log.write("end\\n")
+
+lines = []
+with open(sys.argv[2], "a") as log:
+    log.write("arrived\\n")
+cached_step(Path(sys.argv[1]), "v1", build, lines.append)
+print(lines[0])
+"""
+
+
+def test_two_processes_setting_up_one_step_take_turns(tmp_path):
+    """Two test workers (or two terminals) on a fresh machine: one builds, the other waits for it and
+    finds the step done, instead of both building and replacing each other's folder."""
+    import subprocess
+    import sys
+
+    builds = tmp_path / "builds.log"
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_SLOWLY, str(tmp_path / "step"), str(builds)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    firsts = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert builds.read_text().replace("arrived\n", "") == "start\nend\n"  # built once, never twice at once
+    assert firsts == ["step: setting up …", "step: waiting for another edgeq process that is setting it up …"]
+    assert (tmp_path / "step" / "file").read_text() == "x"

@@ -24,7 +24,7 @@ from edgeq.config import QuantRecipe
 from edgeq.errors import EdgeqError
 from edgeq.export import fast_lowering
 from edgeq.graph import export_failure
-from edgeq.quantize import export_graph, quiet
+from edgeq.quantize import Example, as_example, export_graph, quiet
 from edgeq.quantize.observers import ort_calibration
 from edgeq.quantize.plan import WEIGHTED_ONNX_OPS as WEIGHTED_OPS, onnx_float_nodes
 
@@ -35,16 +35,20 @@ from edgeq.quantize.plan import WEIGHTED_ONNX_OPS as WEIGHTED_OPS, onnx_float_no
 REDUCE_RANGE = True
 
 
-def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, quantized: bool,
-           float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`float_layers`: the int8 model's float layers (edgeq.quantize.plan), expected without Q/DQ. The
-    batch dimension is dynamic: onnxruntime runs a batch in one call (the host check does)."""
-    program = export_graph(model, input_shape, dynamic_batch=True)
+def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, quantized: bool,
+           float_layers: tuple[str, ...] = (), input_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """`spec`: the model's example inputs, or an image model's input shape (its input is then called
+    "input" and its output "logits"). `float_layers`: the int8 model's float layers
+    (edgeq.quantize.plan), expected without Q/DQ. The batch dimension (every input's first) is
+    dynamic: onnxruntime runs a batch in one call (the host check does)."""
+    image = all(isinstance(d, int) for d in spec)
+    program = export_graph(model, spec, dynamic_batch=True)
     fast_lowering.out_of_place(program)
+    names = ["input"] if image else list(input_names) if input_names else None
     try:
         with quiet():
-            onnx_program = torch.onnx.export(program, (torch.zeros(input_shape),), dynamo=True, verbose=False,
-                                             input_names=["input"], output_names=["logits"])
+            onnx_program = torch.onnx.export(program, as_example(spec), dynamo=True, verbose=False,
+                                             input_names=names, output_names=["logits"] if image else None)
     except Exception as e:  # noqa: BLE001 - the exporter wraps the real cause; export_failure digs it out
         raise export_failure("the ONNX exporter", e, program) from None
     proto = name_batch_dimension(strip_debug_info(onnx_program.model_proto))
@@ -96,11 +100,61 @@ def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: P
     return details
 
 
-def _checked(proto: onnx.ModelProto, quantized: bool, float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "Attention")  # what quantize_dynamic makes int8 here; not Gather (below)
+DYNAMIC_INT8_OPS = ("MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QAttention")
+
+
+def export_ort_dynamic(model: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...], path: Path,
+                       per_channel: bool, float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The float model to ONNX (batch dynamic, as `export`), then onnxruntime's dynamic quantization:
+    quant_pre_process first (it folds the Unsqueeze/Concat feeding an ONNX LSTM's W and R into
+    initializers; without it the LSTM stays float without a warning), then quantize_dynamic on
+    MatMul/Gemm/LSTM/Attention. GRUs and recurrent cells are written as Linear layers before export
+    (edgeq.quantize.recurrent): onnxruntime has no GRU quantizer. The embedding's Gather stays float:
+    quantize_dynamic's one-scale uint8 table cost 3.6-7.6 dB on the measured models."""
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    from edgeq.quantize.recurrent import as_linear
+
+    cells = any(isinstance(m, (nn.GRU, nn.GRUCell, nn.LSTMCell)) for m in model.modules())
+    source = as_linear(model.eval())[0] if cells else model
+    with tempfile.TemporaryDirectory(prefix="edgeq-ort-") as tmp:
+        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
+        export(source, example, fp32, quantized=False, input_names=names)
+        try:
+            with quiet(), contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(fp32), str(prepared))
+                excluded = onnx_float_nodes(onnx.load(str(prepared)), frozenset(float_layers))
+                quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
+                                 op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=excluded,
+                                 extra_options={"MatMulConstBOnly": True})
+        except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many types
+            raise EdgeqError(f"onnxruntime could not quantize the model dynamically ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}): leave .onnx out with --formats") from None
+    proto = onnx.load(str(path))
+    _check_model(proto)
+    counts = Counter(node.op_type for node in proto.graph.node)
+    int8 = {op: counts[op] for op in DYNAMIC_INT8_OPS if counts[op]}
+    float_weighted = [f"{n.op_type} {n.name}" for n in proto.graph.node if n.op_type in ("MatMul", "Gemm", "LSTM", "GRU")
+                      and len(n.input) > 1 and n.input[1] in {i.name for i in proto.graph.initializer}
+                      and n.name not in excluded]
+    if not int8:
+        raise EdgeqError("onnxruntime's dynamic quantization left every layer float (no MatMulInteger or "
+                         "DynamicQuantizeLSTM): the model has no linear layers it takes; use --method static")
+    return {"opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+            "int8_ops": int8, "float_weighted_nodes": float_weighted, "ops": dict(sorted(counts.items())),
+            "quantizer": "onnxruntime quantize_dynamic (int8 weights, uint8 activations at run time)"}
+
+
+def _check_model(proto: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise EdgeqError(f"the exported ONNX model fails onnx.checker: {str(e).splitlines()[0]}") from None
+
+
+def _checked(proto: onnx.ModelProto, quantized: bool, float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+    _check_model(proto)
     counts = Counter(node.op_type for node in proto.graph.node)
     details: dict[str, Any] = {"stripped": "per-node debug metadata", "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
                                "quantize_linear": counts["QuantizeLinear"],

@@ -15,21 +15,22 @@ from torch import nn
 from edgeq.export import fast_lowering
 from edgeq.export.delegable import make_delegable
 from edgeq.graph import export_failure
-from edgeq.quantize import export_graph, quiet
+from edgeq.quantize import Example, as_example, export_graph, quiet
 
 NOT_OPS = {"Total", "getitem"}  # rows of the delegation table that are not kernels
 
 
-def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, rewrite: bool = True) -> dict[str, Any]:
-    """Lower with the XNNPACK partitioner; ops XNNPACK does not take run on portable kernels.
-    `rewrite=False`: without edgeq's rewrites (delegable.py), as ExecuTorch alone lowers it."""
-    program = export_graph(model, input_shape)
+def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, rewrite: bool = True) -> dict[str, Any]:
+    """Lower with the XNNPACK partitioner at the example inputs' shapes (or the image input shape);
+    ops XNNPACK does not take run on portable kernels. `rewrite=False`: without edgeq's rewrites
+    (delegable.py), as ExecuTorch alone lowers it."""
+    program = export_graph(model, spec)
     rewrites = make_delegable(program) if rewrite else {}
     buffer, info, reasons = _lower(program)
-    if rewrites and not _runs(buffer, input_shape):
+    if rewrites and not _runs(buffer, as_example(spec)):
         # XNNPACK miscompiles some slices that cross a delegate boundary (seen: a slice feeding a float
         # ReLU in an int8 graph fails at run time): the program as it was, portable ops and all.
-        program = export_graph(model, input_shape)
+        program = export_graph(model, spec)
         buffer, info, reasons = _lower(program)
         rewrites = {}
     table = info.get_operator_delegation_dataframe()
@@ -89,7 +90,7 @@ def _refusals() -> Iterator[dict[str, str]]:
         logger.propagate = propagate
 
 
-def _runs(buffer: bytes, input_shape: tuple[int, ...]) -> bool:
+def _runs(buffer: bytes, example: Example) -> bool:
     """Whether the ExecuTorch runtime loads and runs the program once (milliseconds)."""
     from executorch.runtime import Runtime
 
@@ -97,7 +98,7 @@ def _runs(buffer: bytes, input_shape: tuple[int, ...]) -> bool:
 
     try:
         with stderr_silenced():
-            Runtime.get().load_program(buffer).load_method("forward").execute([torch.zeros(input_shape)])
+            Runtime.get().load_program(buffer).load_method("forward").execute(list(example))
         return True
     except RuntimeError:
         return False

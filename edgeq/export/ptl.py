@@ -7,25 +7,27 @@ applied instead, and the manifest says which ran.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize import quiet
+from edgeq.quantize import Example, as_example, quiet
 from edgeq.runner import quantized_engine
 
 FALLBACK_PASSES = ["freeze (constant propagation, conv-bn folding)", "remove_dropout"]
 
 
-def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, backend: str) -> dict[str, Any]:
-    """`model` is the float model or an FX-quantized one (its packed weights follow `backend`)."""
+def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, backend: str) -> dict[str, Any]:
+    """`model` is the float model or a quantized one (its packed weights follow `backend`), traced at
+    its example inputs (or image input shape)."""
     from torch.utils.mobile_optimizer import optimize_for_mobile
 
-    example = torch.zeros(input_shape)
-    with quiet(), quantized_engine(backend), torch.no_grad():
+    example = as_example(spec)
+    with quiet(), quantized_engine(backend), torch.no_grad(), _mha_fast_path(False):
         try:
             traced = torch.jit.trace(model.eval(), example)
         except Exception as e:  # noqa: BLE001 - tracing errors come in many types
@@ -46,3 +48,16 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path, backend: 
         mobile._save_for_lite_interpreter(str(path))
     details["quantized_engine"] = backend
     return details
+
+
+@contextlib.contextmanager
+def _mha_fast_path(enabled: bool) -> Iterator[None]:
+    """Transformer layers' fused fast path off while tracing: traced with it, a float .ptl bakes in
+    aten::_transformer_encoder_layer_fwd, and a dynamically quantized layer fails its fast-path check
+    (it reads linear1.weight, a method on nnqd.Linear). The plain path is the same function."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)

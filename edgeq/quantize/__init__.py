@@ -49,13 +49,28 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def export_graph(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bool = False) -> torch.export.ExportedProgram:
-    """torch.export the model (batch dimension dynamic when asked, so calibration can batch)."""
-    example = torch.zeros((2 if dynamic_batch else 1, *input_shape[1:]))
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+Example = tuple[torch.Tensor, ...]  # a model's example inputs, batch 1
+
+
+def as_example(spec: tuple[int, ...] | Example) -> Example:
+    """The example inputs themselves, or, for an image model, its input shape: one float tensor."""
+    if all(isinstance(d, int) for d in spec):
+        return (torch.zeros(tuple(spec)),)
+    return tuple(spec)
+
+
+def export_graph(model: nn.Module, spec: tuple[int, ...] | Example, dynamic_batch: bool = False) -> torch.export.ExportedProgram:
+    """torch.export the model at its example inputs (or input shape); with `dynamic_batch` the first
+    axis of every input is one dynamic batch dimension, so calibration and checks can batch."""
+    example = as_example(spec)
+    dynamic = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        example = tuple(torch.cat([t, t]) for t in example)  # batch 2: a size-1 axis would be specialised
+        dynamic = tuple({0: batch} for _ in example)
     try:
         with quiet():
-            return torch.export.export(model, (example,), dynamic_shapes=dynamic)
+            return torch.export.export(model, example, dynamic_shapes=dynamic)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; all mean "cannot trace"
         raise export_failure("torch.export", e, None) from None
 

