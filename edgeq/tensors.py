@@ -92,9 +92,8 @@ class TensorSet:
     """Samples of named tensors from an .npz file, with labels when it has them."""
 
     description: str
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # in forward's order
     labels: np.ndarray | None = None
-    classes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -102,10 +101,6 @@ class TensorSet:
     def batch(self, indices: range | list[int]) -> tuple[np.ndarray, ...]:
         index = np.asarray(list(indices), dtype=np.int64)
         return tuple(a[index] for a in self.arrays.values())
-
-    def info(self, used: int | None = None) -> dict[str, Any]:
-        return {"source": self.description, "images": len(self) if used is None else used,
-                "classes": len(self.classes) if self.classes else None}
 
 
 def open_npz(path: Path, signature: Signature, option: str) -> TensorSet:

@@ -26,6 +26,7 @@ from edgeq.export import fast_lowering
 from edgeq.graph import export_failure
 from edgeq.quantize import Example, as_example, export_graph, quiet
 from edgeq.quantize.observers import ort_calibration
+from edgeq.quantize.fold import layer_of
 from edgeq.quantize.plan import WEIGHTED_ONNX_OPS as WEIGHTED_OPS, onnx_float_nodes
 
 # 7-bit weights in onnxruntime's x86 flow: without VNNI its u8s8 kernels (VPMADDUBSW) add two u8×s8
@@ -116,15 +117,16 @@ def export_ort_dynamic(model: nn.Module, example: tuple[torch.Tensor, ...], name
 
     from edgeq.quantize.recurrent import as_linear
 
+    # An nn.LSTM stays an ONNX LSTM (DynamicQuantizeLSTM) unless a plan keeps part of it float
     cells = any(isinstance(m, (nn.GRU, nn.GRUCell, nn.LSTMCell)) for m in model.modules())
-    source = as_linear(model.eval())[0] if cells else model
+    source = as_linear(model.eval())[0] if cells or float_layers else model
     with tempfile.TemporaryDirectory(prefix="edgeq-ort-") as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         export(source, example, fp32, quantized=False, input_names=names)
         try:
             with quiet(), contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(fp32), str(prepared))
-                excluded = onnx_float_nodes(onnx.load(str(prepared)), frozenset(float_layers))
+                excluded = _dynamic_float_nodes(onnx.load(str(prepared)), source, float_layers)
                 quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
                                  op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=excluded,
                                  extra_options={"MatMulConstBOnly": True})
@@ -144,6 +146,26 @@ def export_ort_dynamic(model: nn.Module, example: tuple[torch.Tensor, ...], name
     return {"opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
             "int8_ops": int8, "float_weighted_nodes": float_weighted, "ops": dict(sorted(counts.items())),
             "quantizer": "onnxruntime quantize_dynamic (int8 weights, uint8 activations at run time)"}
+
+
+def _dynamic_float_nodes(proto: onnx.ModelProto, model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
+    """The MatMul/Gemm nodes of the plan's float linears, found by their weight's name. The exporter
+    and quant_pre_process may fold a weight's transpose into a new constant (val_N), losing the name:
+    then the plan cannot be applied here, and that is said rather than ignored."""
+    from edgeq.quantize.dynamic import float_linears
+
+    if not float_layers:
+        return []
+    wanted = set(float_linears(model, float_layers))
+    nodes = onnx_float_nodes(proto, frozenset(wanted))
+    found = {layer_of(i) for n in proto.graph.node if n.name in nodes for i in n.input[1:2]}
+    missing = sorted(wanted - found)
+    if missing:
+        raise EdgeqError(f"the ONNX graph no longer names the weight of {missing[0]} (the exporter folded it into "
+                         "a constant), so onnxruntime's dynamic flow cannot keep it float: leave .onnx out with "
+                         "--formats, or let the layer be int8")
+    # quantize_dynamic rewrites each Gemm as MatMul + Add first, naming the MatMul NAME_MatMul
+    return nodes + [f"{n.name}_MatMul" for n in proto.graph.node if n.name in nodes and n.op_type == "Gemm"]
 
 
 def _check_model(proto: onnx.ModelProto) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.recurrent import as_linear
+from edgeq.quantize.recurrent import RECURRENT, as_linear
 from edgeq.runner import quantized_engine
 
 # What quantize_dynamic makes int8 for .ptl (module types; the lite interpreter has their kernels).
@@ -42,7 +42,7 @@ def quantize_dynamic_pt2e(model: nn.Module, example: tuple[torch.Tensor, ...], p
     program = export_graph(linear, example)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
     if float_layers:
-        quantizer.set_filter_function(xnnpack_filter(frozenset(float_layers)))
+        quantizer.set_filter_function(xnnpack_filter(frozenset(float_linears(linear, float_layers))))
     with quiet():
         prepared = prepare_pt2e(program.module(), quantizer)
         prepared(*example)  # dynamic: placeholder observers only, one call fixes nothing but the graph
@@ -59,14 +59,36 @@ def quantize_dynamic_eager(model: nn.Module, backend: str, per_channel: bool,
 
     linear_qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     spec: dict = {kind: linear_qconfig if kind is nn.Linear else default_dynamic_qconfig for kind in PTL_DYNAMIC}
-    # Attention's in-projection as Linears, so that it is int8 too (quantize_dynamic skips nn.MultiheadAttention)
-    model, _ = as_linear(model.eval(), recurrent=False, attention=True)
+    # Attention's in-projection as Linears, so that it is int8 too (quantize_dynamic skips
+    # nn.MultiheadAttention); recurrent modules too when the plan keeps one of their layers float
+    # (nnqd.LSTM is int8 as a whole).
+    split = any(name not in dict(model.named_modules()) for name in float_layers)  # e.g. lstm.layers.0
+    model, _ = as_linear(model.eval(), recurrent=split, attention=True)
     modules = dict(model.named_modules())
-    for name in float_layers:  # a layer is named by its weight's module (edgeq.quantize.plan)
-        if isinstance(modules.get(name), PTL_DYNAMIC):
-            spec[name] = None
+    whole = [name for name in float_layers if isinstance(modules.get(name), RECURRENT)]
+    for name in [*whole, *float_linears(model, tuple(n for n in float_layers if n not in whole))]:
+        spec[name] = None
     with quiet(), quantized_engine(backend):
         return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def float_linears(model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
+    """The nn.Linear modules a plan keeps float: a plan names a layer (a Linear) or a unit that holds
+    several (a recurrent layer `lstm.layers.0`, a rewritten cell, attention). A name that reaches no
+    Linear is a plan for another model."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    chosen: list[str] = []
+    unknown = []
+    for unit in float_layers:
+        inside = [name for name in linears if name == unit or name.startswith(unit + ".")]
+        chosen += inside
+        if not inside:
+            unknown.append(unit)
+    if unknown:
+        sample = ", ".join(linears[:4]) + (", …" if len(linears) > 4 else "")
+        raise EdgeqError(f"the plan names {unknown[0]!r}, which holds no linear layer of this model (its linear "
+                         f"layers: {sample or 'none'}): use a plan made for this model")
+    return chosen
 
 
 def int8_layers(model: nn.Module) -> list[str]:

@@ -97,3 +97,55 @@ def test_a_layer_without_a_rewrite_is_a_user_error_naming_it():
     model = nn.ModuleDict({"encoder": nn.LSTM(4, 8, proj_size=2)})
     with pytest.raises(EdgeqError, match="layer encoder: an LSTM with proj_size has no Linear rewrite"):
         as_linear(model)
+
+
+class Stacked(nn.Module):
+    """A 3-layer LSTM and a head: a speech model's shape (features in, a score per step out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(20, 32, num_layers=3, batch_first=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(features)[0])
+
+
+@pytest.mark.parametrize("fmt", ["pte", "onnx", "ptl"])
+def test_a_plan_keeps_one_layer_of_a_multi_layer_lstm_float_in_every_flow(fmt, tmp_path):
+    """The unit is a layer, not the module: lstm.layers.0 stays float, layers 1 and 2 and the head
+    become int8 (random weights: this is the plumbing; what it buys on real speech is measured)."""
+    from edgeq.export import onnx
+    from edgeq.quantize.dynamic import int8_layers, quantize_dynamic_eager, quantize_dynamic_pt2e
+
+    torch.manual_seed(0)
+    model, example = Stacked().eval(), (torch.randn(1, 6, 20),)
+    plan = ("lstm.layers.0",)
+    if fmt == "pte":
+        graph = quantize_dynamic_pt2e(model, example, per_channel=True, float_layers=plan)
+        linears = [n for n in graph.graph.nodes if n.target == torch.ops.aten.linear.default]
+        floats = {str(n.args[1].target).rsplit(".", 1)[0] for n in linears if n.args[1].op == "get_attr"}
+        assert floats == {"lstm.layers.0.ih", "lstm.layers.0.hh"}, floats
+        int8 = [n for n in linears if "dequantize_per_channel" in str(n.args[1].target)]
+        assert len(int8) == len(linears) - 2 * 6  # layer 0's two products at each of the 6 steps stay float
+    elif fmt == "onnx":
+        path = tmp_path / "m.onnx"
+        details = onnx.export_ort_dynamic(model, example, ("features",), path, per_channel=True, float_layers=plan)
+        assert len(details["float_weighted_nodes"]) == 0 and details["int8_ops"]["MatMulInteger"] > 0
+        kept = [n for n in __import__("onnx").load(str(path)).graph.node if n.op_type in ("MatMul", "Gemm")]
+        assert len(kept) == 2 * 6, [n.name for n in kept]  # layer 0's two products at each of the 6 steps
+    else:
+        quantized = quantize_dynamic_eager(model, "qnnpack", per_channel=True, float_layers=plan)
+        layers = int8_layers(quantized)
+        assert "lstm.layers.0.ih" not in layers and "lstm.layers.0.hh" not in layers
+        assert {"lstm.layers.1.ih", "lstm.layers.2.hh", "head"} <= set(layers), layers
+        whole = int8_layers(quantize_dynamic_eager(model, "qnnpack", per_channel=True, float_layers=("lstm",)))
+        assert whole == ["head"]
+
+
+def test_a_plan_naming_no_layer_of_the_model_is_refused():
+    from edgeq.errors import EdgeqError
+    from edgeq.quantize.dynamic import quantize_dynamic_eager
+
+    with pytest.raises(EdgeqError, match="the plan names 'lstm.layers.7', which holds no linear layer"):
+        quantize_dynamic_eager(Stacked().eval(), "qnnpack", per_channel=True, float_layers=("lstm.layers.7",))
