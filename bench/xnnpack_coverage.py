@@ -46,7 +46,8 @@ def instructions(path: Path, x: np.ndarray, work: Path) -> int:
         log = work / f"{path.stem}.{runs}.log"
         job = {"artifacts": [{"format": path.suffix[1:], "path": str(path), "outputs": None,
                               "result": str(work / f"{path.stem}.{runs}.result.json")}],
-               "engine": "qnnpack", "threads": 1, "inputs": str(work / f"{path.stem}.x.npy"), "warmup": 1, "runs": runs}
+               "engine": "qnnpack", "threads": 1, "inputs": [str(work / f"{path.stem}.x.npy")], "warmup": 1,
+               "runs": runs}
         proc = native.run_emulated(job, work / f"{path.stem}.{runs}.json", emu, CPU, 1, 3600, log)
         assert proc.returncode == 0, proc.stderr[-2000:]
         counts.append(int(re.findall(r"insns:\s*(\d+)", log.read_text())[-1]))

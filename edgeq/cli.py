@@ -14,7 +14,8 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from edgeq import procs
-from edgeq.config import CALIBRATIONS, FORMATS, OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides, ValidateConfig
+from edgeq.config import (CALIBRATIONS, FORMATS, METHODS, OPTIMIZERS, SCHEDULES, ExportConfig, ThresholdOverrides,
+                          ValidateConfig)
 from edgeq.errors import EdgeqError
 from edgeq.manifest import Manifest, dumps
 from edgeq.progress import plain_console, progress_bars
@@ -117,11 +118,13 @@ def main() -> None:
               "[default: the built-in Fashion-MNIST MobileNetV2-style net]")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="state_dict file (loaded weights_only)")
 @click.option("--input-shape", callback=_numbers(int), default=None, help="N,C,H,W, e.g. 1,3,224,224")
-@click.option("--method", type=click.Choice(["static", "qat"]), default="static", show_default=True,
-              help="static: post-training calibration; qat: quantization-aware fine-tuning")
+@click.option("--method", type=click.Choice(list(METHODS)), default="static", show_default=True,
+              help="static: post-training calibration; qat: quantization-aware fine-tuning; dynamic: int8 "
+              "weights, activations quantized at run time (LSTM, GRU, Transformer; docs/dynamic.md)")
 @click.option("--backend", type=click.Choice(["qnnpack", "x86"]), default=None,
               help="quantization config [default: the target's]")
-@click.option("--calib-data", default=None, help="image folder or 'fashion-mnist' [default: fashion-mnist]")
+@click.option("--calib-data", default=None, help="image folder, 'fashion-mnist', or an .npz with one array per "
+              "forward parameter for a model with example_inputs() [default: fashion-mnist]")
 @click.option("--calib-samples", type=int, default=256, show_default=True)
 @click.option("--train-data", default=None, help="QAT: labelled image folder or 'fashion-mnist' "
               "[default for the built-in model: fashion-mnist]")
@@ -144,7 +147,8 @@ def main() -> None:
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
               help="QAT checkpoints [default: OUT.qat beside --out]")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="QAT: steps between checkpoints")
-@click.option("--eval-data", default=None, help="labelled image folder or 'fashion-mnist' (accuracy + checks)")
+@click.option("--eval-data", default=None, help="labelled image folder, 'fashion-mnist', or an .npz of the model's "
+              "inputs with optional labels (accuracy + checks)")
 @click.option("--check-samples", type=int, default=None,
               help="held-out images for the host check [default: all eval images, else 200 held-out calibration images]")
 @click.option("--formats", callback=_names, default=",".join(FORMATS), show_default=True)

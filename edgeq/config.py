@@ -23,7 +23,7 @@ from edgeq.errors import EdgeqError
 
 FORMATS = ("pte", "onnx", "ptl")
 PRECISIONS = ("int8", "fp32")
-METHODS = ("static", "qat")
+METHODS = ("static", "qat", "dynamic")
 BACKENDS = ("qnnpack", "x86")
 CALIBRATIONS = ("histogram", "minmax", "percentile")  # see edgeq.quantize.observers  # quantization configs (see edgeq.quantize)
 OPTIMIZERS = ("sgd", "adamw")
@@ -211,7 +211,7 @@ class ExportConfig:
     weights: str | None = None  # a state_dict file, loaded weights_only
     input_shape: tuple[int, ...] | None = None
     target: str = "arm64"  # a target name or a .toml file
-    method: str = "static"  # static | qat
+    method: str = "static"  # static | qat | dynamic
     formats: tuple[str, ...] = FORMATS
     precisions: tuple[str, ...] = PRECISIONS
     quantization: QuantRecipe = field(default_factory=QuantRecipe)

@@ -31,17 +31,31 @@ SCHEMA = 1
 
 
 @dataclass
+class OutputCheck:
+    """One output of a model of any tensors against the float model's, over the check samples."""
+
+    name: str
+    sqnr_db: float | None  # None: bit-identical
+    cosine_mean: float | None  # cosine similarity per sample (flattened), mean and minimum; None: not finite
+    cosine_min: float | None
+    max_abs_err: float | None
+
+
+@dataclass
 class HostCheck:
-    """The artifact run by its own runtime on the host, against the float PyTorch model."""
+    """The artifact run by its own runtime on the host, against the float PyTorch model. For a model
+    of any tensors, `outputs` holds each output's figures, and the top-level ones are the worst of
+    them (top-1 agreement only where an output is class scores)."""
 
     samples: int
-    top1_agreement: float
+    top1_agreement: float | None
     sqnr_db: float | None  # None: outputs bit-identical to the float model's
     max_abs_err: float | None  # None: the outputs were not all finite
     accuracy: float | None = None
     passed: bool | None = None  # all of `gates` hold
     gates: list[str] = field(default_factory=list)  # the conditions checked, e.g. "top1_agreement >= 0.97"
     nonfinite_outputs: int = field(default=0, metadata=OMIT)  # NaN or ±inf outputs (the artifact then fails)
+    outputs: list[OutputCheck] = field(default_factory=list, metadata=OMIT)
 
 
 @dataclass
@@ -63,7 +77,7 @@ class Parity:
     max_abs_diff: float | None  # None: the target's outputs were not all finite
     tolerance: float  # the kernels' rounding allowed (validate.output_tolerance)
     identical: int  # samples whose outputs are bit-identical
-    top1_same: float  # share of samples with the host's top-1
+    top1_same: float | None  # share of samples with the host's top-1 (None: several outputs)
     passed: bool
 
 
@@ -100,10 +114,12 @@ class Model:
     source: str
     weights: str | None
     weights_sha256: str | None
-    input_shape: list[int]
+    input_shape: list[int] | None  # image models
     parameters: int
-    num_classes: int
+    num_classes: int | None  # image models
     classes: list[str] | None = None
+    inputs: list[str] | None = field(default=None, metadata=OMIT)  # models of any tensors: "name: dtype[N, …]"
+    outputs: list[str] | None = field(default=None, metadata=OMIT)
 
 
 @dataclass
@@ -254,7 +270,7 @@ class Manifest:
     target: Target  # a copy of the target file: a user's own .toml stays known after it moves
     method: str
     quantization: QuantRecipe  # with the backend resolved
-    preprocess: Preprocess
+    preprocess: Preprocess | None  # image models
     data: DataRecord
     float_accuracy: float | None = None
     artifacts: list[Artifact] = field(default_factory=list)

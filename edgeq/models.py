@@ -23,7 +23,8 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
-from edgeq.errors import EdgeqError
+from edgeq.errors import EdgeqError, first_line
+from edgeq.tensors import Signature, output_names, signature_of
 
 BUILTIN = "builtin:fashion-mobilenet"
 BUILTIN_WEIGHTS = Path(__file__).parent / "builtin" / "fashion_mobilenet.pt"
@@ -33,19 +34,36 @@ TORCHVISION_INPUT_SIZES = {"inception_v3": 299}  # the few classifiers that want
 
 @dataclass
 class LoadedModel:
+    """An image classifier (one N×C×H×W float input, N×classes logits out: `input_shape`,
+    `num_classes`) or a model of any tensors (`example`, `signature`: its factory's module defines
+    example_inputs())."""
+
     module: nn.Module  # in eval mode, on the CPU
     source: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | None  # image models
     weights: str | None  # path, or None for random initialisation
     weights_sha256: str | None
-    num_classes: int
+    num_classes: int | None  # image models: the classes its logits score
     builtin: bool = False
+    example: tuple[torch.Tensor, ...] | None = None  # tensor models: example_inputs(), batch 1
+    signature: Signature | None = None  # tensor models
+
+    @property
+    def spec(self) -> tuple[int, ...] | tuple[torch.Tensor, ...]:
+        """What the exporters trace at: the example inputs, or the image input shape."""
+        return self.example if self.example is not None else self.input_shape
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.signature.names if self.signature else ("input",)
 
     def info(self) -> dict[str, Any]:
         return {"source": self.source, "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "input_shape": list(self.input_shape),
+                "input_shape": list(self.input_shape) if self.input_shape else None,
                 "parameters": sum(p.numel() for p in self.module.parameters()),
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes,
+                "inputs": [s.describe() for s in self.signature.inputs] if self.signature else None,
+                "outputs": list(self.signature.outputs) if self.signature else None}
 
 
 def fashion_mobilenet(num_classes: int = 10) -> nn.Sequential:
@@ -79,6 +97,14 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     if bad is not None:
         raise EdgeqError(f"{source}: {bad} holds NaN or infinite values"
                          f"{f' (from {weights})' if weights is not None else ''}: use a checkpoint from a healthy run")
+    if callable(getattr(module, "example_inputs", None)):
+        if input_shape:
+            raise EdgeqError(f"--input-shape is for image models; {source} defines example_inputs(), which fixes "
+                             "its inputs: drop --input-shape")
+        example, signature = check_example_inputs(module, source)
+        return LoadedModel(module=module, source=source, input_shape=None,
+                           weights=str(weights) if weights is not None else None, weights_sha256=digest,
+                           num_classes=None, example=example, signature=signature)
     shape = tuple(input_shape) if input_shape else default_shape
     if shape is None:
         raise EdgeqError(f"model {source} has no default input shape: pass --input-shape N,C,H,W "
@@ -138,7 +164,7 @@ def _call_factory(factory: Callable[[], Any], source: str) -> nn.Module:
     try:
         model = factory()
     except Exception as e:  # noqa: BLE001 - the user's code or arguments: one line, naming the fix
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         raise EdgeqError(f"building {source} failed ({type(e).__name__}: {first}): fix the factory or the "
                          "model's arguments") from None
     if not isinstance(model, nn.Module):
@@ -209,6 +235,24 @@ def load_weights(module: nn.Module, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_example_inputs(module: nn.Module, source: str) -> tuple[tuple[torch.Tensor, ...], Signature]:
+    """The factory module's example_inputs() (and its optional `dynamic_axes`, {parameter: {axis:
+    largest}}), run once through the model: its signature, outputs included."""
+    try:
+        example = module.example_inputs()
+    except Exception as e:  # noqa: BLE001 - the user's code
+        raise EdgeqError(f"{source}: example_inputs() raised {type(e).__name__}: {first_line(e)}: fix it") from None
+    example = example if isinstance(example, tuple) else (example,)
+    signature = signature_of(module, example, source, getattr(module, "dynamic_axes", None))
+    try:
+        with torch.no_grad():
+            out = module(*example)
+    except Exception as e:  # noqa: BLE001 - the user's model
+        raise EdgeqError(f"{source} failed on its own example_inputs() ({type(e).__name__}: {first_line(e)}): "
+                         "fix the model or example_inputs()") from None
+    return example, Signature(signature.inputs, output_names(out, source))
+
+
 def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) -> int:
     """Run one forward pass so a wrong shape fails here, with a clear message, not deep in export.
     Returns the number of classes the model outputs."""
@@ -219,7 +263,7 @@ def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) ->
         with torch.no_grad():
             out = module(torch.zeros(shape))
     except Exception as e:  # noqa: BLE001 - any failure here means the shape does not fit
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise EdgeqError(f"input shape {','.join(map(str, shape))} does not fit {source} ({first}): "
                          "pass the --input-shape the model was built for") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:

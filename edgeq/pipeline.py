@@ -27,7 +27,7 @@ from rich.progress import Progress
 from edgeq import procs, qat, report, runner, schema
 from edgeq.config import ExportConfig, QuantRecipe
 from edgeq.data import FASHION_MNIST, ImageSet, Preprocess, one_per_class_first, open_images
-from edgeq.errors import EdgeqError
+from edgeq.errors import EdgeqError, first_line
 from edgeq.export import onnx, pte, ptl
 from edgeq.manifest import (PLAN, Artifact, CheckImages, DataRecord, FloatPlan, ImagesUsed, LayerNumerics,
                             Manifest, Model, Reference, Training, WeightSteps, check_replaceable, dumps, sha256_file,
@@ -35,19 +35,23 @@ from edgeq.manifest import (PLAN, Artifact, CheckImages, DataRecord, FloatPlan, 
 from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
-from edgeq.quantize import export_graph, quantize_static, quantizer_for
+from edgeq.quantize import as_example, export_graph, quantize_static, quantizer_for
+from edgeq.quantize.dynamic import int8_layers, quantize_dynamic_eager, quantize_dynamic_pt2e
 from edgeq.quantize.budget import search as budget_search
 from edgeq.quantize.numerics import layer_errors
 from edgeq.quantize.plan import check_known, exported_layers
 from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
-from edgeq.validate import budget_gate, compare, host_key, validate
+from edgeq.tensors import TensorSet, flat_outputs, open_npz
+from edgeq.validate import budget_gate, compare, host_key, judge, measure_outputs, validate
 
 LIBRARIES = ("torch", "torchvision", "torchao", "executorch", "onnx", "onnxscript", "onnxruntime", "numpy")
 DEFAULT_HELD_OUT = 200  # held-out calibration images checked when there is no eval data
 QUANTIZER_NAMES = {"xnnpack": "PT2E XNNPACKQuantizer", "x86": "PT2E X86InductorQuantizer",
                    "fx": "FX {backend} qconfig",
-                   "ort": "onnxruntime quantize_static (QDQ, uint8 activations, int8 weights)"}
+                   "ort": "onnxruntime quantize_static (QDQ, uint8 activations, int8 weights)",
+                   "eager": "torch.ao quantize_dynamic ({backend} engine)"}
+DYNAMIC_PTE = "PT2E XNNPACKQuantizer, dynamic (int8 weights per channel, activations per row at run time)"
 REFERENCE = "reference.npz"  # inputs + float outputs for validation on targets
 # Held-out inputs stored for targets (validate.PARITY_SAMPLES of them, one per class first, are run
 # by default; all of them by an artifact whose outputs there differ from the host's).
@@ -61,11 +65,18 @@ CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory 
 
 @dataclass(frozen=True)
 class CheckSet:
-    """The held-out images every artifact is compared on (never used for calibration)."""
+    """The held-out samples every artifact is compared on (never used for calibration): images, or
+    samples of named tensors (a model with example_inputs())."""
 
-    images: ImageSet
+    images: ImageSet | TensorSet
     indices: Sequence[int]
     labels: np.ndarray | None
+
+    def batch(self, preprocess: Preprocess, indices: Sequence[int]) -> tuple[np.ndarray, ...]:
+        """Every input of these samples, batch first (images preprocessed)."""
+        if isinstance(self.images, TensorSet):
+            return self.images.batch(list(indices))
+        return (self.images.batch(preprocess, list(indices)),)
 
 
 @dataclass
@@ -77,8 +88,8 @@ class Job:
     target: Target
     recipe: QuantRecipe  # the config's, with the backend resolved
     loaded: LoadedModel
-    preprocess: Preprocess
-    eval_set: ImageSet | None
+    preprocess: Preprocess | None  # image models
+    eval_set: ImageSet | TensorSet | None
     bar: Progress
     timings: dict[str, float] = field(default_factory=dict)
     plan: FloatPlan | None = None  # the float layers of static int8 (a budget's search, or --plan)
@@ -87,7 +98,7 @@ class Job:
     def reference(self) -> torch.nn.Module:
         """The float model as a torch.export graph (what per-layer numerics compare with)."""
         if self._reference is None:
-            self._reference = export_graph(self.loaded.module, self.loaded.input_shape, dynamic_batch=True).module()
+            self._reference = export_graph(self.loaded.module, self.loaded.spec, dynamic_batch=True).module()
         return self._reference
 
     def flows(self) -> list[str]:
@@ -111,7 +122,7 @@ class Prepared:
 
     quantized: Quantized
     check: CheckSet
-    labelled: ImageSet  # the calibration or training images (their classes name the outputs when they fit)
+    labelled: ImageSet | TensorSet | None  # calibration or training data (its classes name the outputs when they fit)
     used: dict[str, Any]  # DataRecord's calibration, or training and validation
     training: Training | None = None
 
@@ -133,11 +144,13 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
     check_output_folder(out, inputs)
 
     loaded = load_model(config.model, config.weights, config.input_shape)
-    preprocess = _preprocess(loaded, config)
+    if loaded.signature is not None:
+        _check_tensor_export(config, loaded.source)
+    preprocess = _preprocess(loaded, config) if loaded.signature is None else None
     data = config.data
-    eval_set = open_images(data.eval, "test") if data.eval else \
+    eval_set = _open_data(data.eval, "--eval-data", loaded, "test") if data.eval else \
         (open_images(FASHION_MNIST, "test") if loaded.builtin else None)
-    if eval_set is not None and eval_set.classes and not _labels_fit(eval_set, loaded.num_classes):
+    if isinstance(eval_set, ImageSet) and eval_set.classes and not _labels_fit(eval_set, loaded.num_classes):
         raise EdgeqError(f"{eval_set.description} has {len(eval_set.classes)} classes but the model outputs "
                          f"{loaded.num_classes}: use data with the model's classes, or a model built for this data "
                          "(e.g. ?num_classes=)")
@@ -145,7 +158,8 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
     with qat.process_group(config.training.device if config.method == "qat" else "cpu") as world, \
             progress_bars(progress and world.main) as bar:
         job = Job(out, config, target, recipe, loaded, preprocess, eval_set, bar)
-        prepared = _train(job, world) if config.method == "qat" else _calibrate(job)
+        prepared = _train(job, world) if config.method == "qat" else \
+            _quantize_dynamic(job) if config.method == "dynamic" or loaded.signature else _calibrate(job)
         if not world.main:
             return None
         check = prepared.check
@@ -155,9 +169,9 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
             t0 = time.perf_counter()
             float_accuracy, float_outputs, host_outputs = _host_check(job, check, artifacts, stage)
             job.timings["host_check"] = time.perf_counter() - t0
-            reference = _write_reference(stage, preprocess, check, float_outputs, host_outputs)
+            reference = _write_reference(stage, job, check, float_outputs, host_outputs)
             job.timings["total"] = time.perf_counter() - started
-            classes = next((s.classes for s in (eval_set, prepared.labelled) if s is not None
+            classes = next((s.classes for s in (eval_set, prepared.labelled) if isinstance(s, ImageSet)
                             and _labels_fit(s, loaded.num_classes)), None)
             manifest = Manifest(
                 edgeq_version=_version("edgeq"), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -183,10 +197,79 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
     return manifest
 
 
+def _check_tensor_export(config: ExportConfig, source: str) -> None:
+    """What a model of any tensors (example_inputs()) can be exported with today."""
+    if config.method != "dynamic" and "int8" in config.precisions:
+        raise EdgeqError(f"{source} takes tensors (example_inputs()); its int8 is dynamic quantization today "
+                         "(static and QAT quantize image models): pass --method dynamic, or --precisions fp32")
+
+
+def _open_data(source: str, option: str, loaded: LoadedModel, split: str) -> ImageSet | TensorSet:
+    """The user's data: an .npz of the model's inputs for a model with example_inputs(), else images."""
+    if loaded.signature is not None:
+        if not source.endswith(".npz"):
+            raise EdgeqError(f"{option} {source}: {loaded.source} takes tensors (example_inputs()), so its data is "
+                             f"an .npz with one array per forward parameter ({', '.join(loaded.signature.names)})")
+        return open_npz(Path(source), loaded.signature, option)
+    if source.endswith(".npz") and Path(source).is_file():
+        raise EdgeqError(f"{option} {source} is an .npz: tensor data is for models whose factory's module defines "
+                         "example_inputs(); this one takes images: pass an image folder")
+    return open_images(source, split)
+
+
+def _quantize_dynamic(job: Job) -> Prepared:
+    """Dynamic int8 (edgeq.quantize.dynamic), or fp32 only: no calibration, so the check set is the
+    eval data, or the first samples of --calib-data (every one of them unused). One model per flow:
+    PT2E for .pte, torch.ao's eager modules for .ptl; onnxruntime quantizes the float .onnx at export."""
+    config, loaded = job.config, job.loaded
+    data = _open_data(config.data.calib, "--calib-data", loaded, "train") if config.data.calib else \
+        open_images(FASHION_MNIST, "train") if loaded.builtin else None
+    n = config.data.check_samples or DEFAULT_HELD_OUT
+    if job.eval_set is not None:
+        check = _check_set(job.eval_set, config.data.check_samples, loaded.num_classes)
+    elif data is not None:
+        check = _check_set(data, n, loaded.num_classes)
+    else:
+        raise EdgeqError(f"{loaded.source} needs samples to check the artifacts on: pass --eval-data (or "
+                         "--calib-data)" + (" as an .npz of the model's inputs" if loaded.signature else ""))
+    _float_model_runs_on(job, check)
+    prepared = Prepared(Quantized(), check, data, {})
+    if "int8" not in config.precisions:
+        return prepared
+    recipe, example = job.recipe, as_example(loaded.spec)
+    task = job.bar.add_task("dynamic int8 (no calibration)", total=None)
+    for flow in job.flows():
+        t0 = time.perf_counter()
+        if flow == "xnnpack":
+            prepared.quantized.models[flow] = quantize_dynamic_pt2e(loaded.module, example, recipe.per_channel,
+                                                                    recipe.float_layers)
+        elif flow == "eager":
+            prepared.quantized.models[flow] = quantize_dynamic_eager(loaded.module, recipe.backend, recipe.per_channel,
+                                                                     recipe.float_layers)
+        else:  # "ort": at export time, from the float model
+            prepared.quantized.ort_source = loaded.module
+        job.timings[f"quantize_{flow}"] = time.perf_counter() - t0
+    job.bar.remove_task(task)
+    return prepared
+
+
+def _float_model_runs_on(job: Job, check: CheckSet) -> None:
+    """The float model on every check sample, a chunk at a time, before any export: a failure is the
+    user's model or data (a token id outside the embedding table, a shape it cannot take)."""
+    for start in range(0, len(check.indices), CHECK_CHUNK):
+        x = check.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
+        try:
+            with torch.no_grad():
+                job.loaded.module(*map(torch.from_numpy, x))
+        except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
+            raise EdgeqError(f"{job.loaded.source} failed on {check.images.description} ({type(e).__name__}: "
+                             f"{first_line(e)}): fix the model or the data") from None
+
+
 def _calibrate(job: Job) -> Prepared:
     """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86),
     all calibrated on the same preprocessed images; the held-out check set beside them."""
-    images = open_images(job.config.data.calib or FASHION_MNIST, "train")
+    images = _open_data(job.config.data.calib or FASHION_MNIST, "--calib-data", job.loaded, "train")
     indices, check = _split(images, job)
     prepared = Prepared(Quantized(), check, images, {"calibration": ImagesUsed(**images.info(len(indices)))})
     quantized = prepared.quantized
@@ -312,7 +395,9 @@ def _export_all(job: Job, prepared: Prepared, stage: Path) -> tuple[list[Artifac
     Python, so they run in forked processes side by side where the machine has the cores; the
     numerics go last, beside the longest lowering (a .pte)."""
     todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
-    flow = next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None)
+    # per-layer numerics: of static and QAT int8 (dynamic int8 has no ranges to blame)
+    flow = next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None) \
+        if job.config.method != "dynamic" else None
     _import_exporters(job.config.formats)
     task = job.bar.add_task("exporting" + (" and per-layer numerics" if flow else ""), total=len(todo) + bool(flow))
 
@@ -385,20 +470,30 @@ def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt
     recipe = job.recipe
     flow = quantizer_for(fmt, recipe.backend, job.config.method)
     path = stage / f"model_{precision}.{fmt}"
-    module, shape = job.loaded.module, job.loaded.input_shape
-    if precision == "int8" and flow == "ort":  # the float model, quantized by onnxruntime
+    loaded, method = job.loaded, job.config.method
+    module, shape = loaded.module, loaded.spec
+    names = loaded.input_names if loaded.signature else None
+    if precision == "int8" and flow == "ort" and method == "dynamic":  # the float model, quantized by onnxruntime
+        details = onnx.export_ort_dynamic(module, as_example(shape), loaded.input_names, path, recipe.per_channel,
+                                          recipe.float_layers)
+    elif precision == "int8" and flow == "ort":
         source = quantized.ort_source if quantized.ort_source is not None else module
         details = onnx.export_ort_quantized(source, shape, path, quantized.ort_calibration, recipe)
     elif fmt == "pte":
         details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
     elif fmt == "onnx":
         details = onnx.export(module if precision == "fp32" else quantized.models[flow], shape, path,
-                              quantized=precision == "int8", float_layers=recipe.float_layers)
+                              quantized=precision == "int8", float_layers=recipe.float_layers, input_names=names)
     else:
         details = ptl.export(module if precision == "fp32" else quantized.models[flow], shape, path, recipe.backend)
     if precision == "int8":
-        details["quantizer"] = QUANTIZER_NAMES[flow].format(backend=recipe.backend)
-        if job.config.method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator
+        details.setdefault("quantizer", DYNAMIC_PTE if method == "dynamic" and flow == "xnnpack" else
+                           QUANTIZER_NAMES[flow].format(backend=recipe.backend))
+        if flow == "eager":  # the modules torch.ao made int8 (the rest run in float)
+            details["int8_modules"] = int8_layers(quantized.models[flow])
+        if method == "dynamic" and recipe.float_layers:
+            details["float_layers"] = list(recipe.float_layers)
+        if method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator
             details["calibration"] = recipe.calibration + \
                 (f" {recipe.percentile}" if recipe.calibration == "percentile" else "")
     artifact = Artifact(format=fmt, precision=precision, path=path.name, bytes=path.stat().st_size,
@@ -406,23 +501,28 @@ def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt
     return artifact, time.perf_counter() - t0
 
 
-def _held_out(method: str, eval_set: ImageSet | None) -> str:
+def _held_out(method: str, eval_set: ImageSet | TensorSet | None) -> str:
     if eval_set is not None:
         return "eval data"
+    if method == "dynamic":
+        return "calibration data (dynamic int8 calibrates nothing)"
     return "training images held out from QAT" if method == "qat" else "calibration images not used for calibration"
 
 
 def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
-                stage: Path) -> tuple[float | None, np.ndarray, dict[str, np.ndarray]]:
+                stage: Path) -> tuple[float | None, list[np.ndarray], dict[str, list[np.ndarray]]]:
     """Run every artifact with its own runtime on the held-out images, a chunk at a time (batched
     where the format allows, see runner.load); compare with the float model. Returns the float
-    model's accuracy and outputs, and each artifact's outputs."""
+    model's accuracy and outputs, and each artifact's outputs (a list: one array per output)."""
     # A target of another architecture runs other integer kernels than this host's: check what the
     # artifact says (onnxruntime's QDQ as written); the target proves its kernels match (validate).
     host_kernels = job.target.arch == platform.machine()
     for a in artifacts:
         if a.format == "onnx" and a.precision == "int8":
             a.details["host_check_kernels"] = "this host's (the target's architecture)" if host_kernels else \
+                f"this host's {platform.machine()} integer kernels: a dynamic graph has no QDQ form to run as " \
+                f"written; {job.target.arch}'s own outputs are judged by edgeq validate" \
+                if job.config.method == "dynamic" else \
                 f"QDQ as written (onnxruntime basic optimizations): {job.target.arch} kernels are not this host's"
     runners: dict[str, runner.Runner] = {}  # loaded once per process, on its first chunk
 
@@ -432,12 +532,13 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
         # second thread made the lite interpreter 10-40× slower (seen: 0.35 → 3.9 ms an image at batch 32).
         torch.set_num_threads(1)
         if not runners:
-            runners.update({a.key: runner.load(a.format, str(stage / a.path), engine=job.recipe.backend, threads=1,
-                                               host_kernels=host_kernels or a.precision == "fp32") for a in artifacts})
-        x = check.images.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
+            runners.update({a.key: runner.load_batched(a.format, str(stage / a.path), engine=job.recipe.backend,
+                                                       threads=1, host_kernels=host_kernels or a.precision == "fp32")
+                            for a in artifacts})
+        x = check.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
         with torch.no_grad():
-            expected = job.loaded.module(torch.from_numpy(x)).numpy()
-        return expected, {key: run(x) for key, run in runners.items()}
+            expected = [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, x)))]
+        return expected, {key: run(list(x)) for key, run in runners.items()}
 
     threads = torch.get_num_threads()
     starts = range(0, len(check.indices), CHECK_CHUNK)
@@ -453,12 +554,17 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
             job.bar.advance(task, len(expected) * max(1, len(artifacts)))
     finally:
         torch.set_num_threads(threads)
-    ref = np.concatenate(reference)
-    host = {key: np.concatenate(chunks) for key, chunks in outputs.items()}
-    float_accuracy = None if check.labels is None else float(np.mean(ref.argmax(-1) == check.labels))
-    budget = job.config.budget
+    ref = [np.concatenate(chunks) for chunks in zip(*reference)]  # per output
+    host = {key: [np.concatenate(c) for c in zip(*chunks)] for key, chunks in outputs.items()}
+    float_accuracy = None if check.labels is None else float(np.mean(ref[0].argmax(-1) == check.labels))
+    budget, signature = job.config.budget, job.loaded.signature
     for a in artifacts:
-        a.host_check = compare(ref, host[a.key], check.labels, a.precision, job.target.thresholds, job.config.method)
+        if signature is None:  # an image classifier: one output, its class scores
+            a.host_check = compare(ref[0], host[a.key][0], check.labels, a.precision, job.target.thresholds,
+                                   job.config.method)
+        else:
+            a.host_check = judge(measure_outputs(signature.outputs, ref, host[a.key], check.labels), a.precision,
+                                 job.target.thresholds, job.config.method, float_accuracy)
         # The budget, held against each artifact as its own runtime ran it. The search scored the PT2E
         # model in PyTorch; XNNPACK, onnxruntime and QNNPACK round a little differently.
         if a.precision == "int8" and budget.metric:
@@ -466,17 +572,27 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
     return float_accuracy, ref, host
 
 
-def _write_reference(stage: Path, preprocess: Preprocess, check: CheckSet, float_outputs: np.ndarray,
-                     host_outputs: dict[str, np.ndarray]) -> Reference:
+def _write_reference(stage: Path, job: Job, check: CheckSet, float_outputs: list[np.ndarray],
+                     host_outputs: dict[str, list[np.ndarray]]) -> Reference:
     """A few held-out inputs (one per class first) with the float model's outputs, each artifact's
     outputs on the host, and labels: what `edgeq validate` runs on the target and compares against,
-    with no model or data needed there."""
-    per_sample = 4 * preprocess.channels * preprocess.size[0] * preprocess.size[1]
+    with no model or data needed there. An image model's arrays are inputs, outputs and
+    host_<precision>_<format>; a model of any tensors has one array per input and output, named
+    input.NAME, output.NAME and host_<precision>_<format>.NAME."""
+    signature = job.loaded.signature
+    first = check.batch(job.preprocess, check.indices[:1])
+    per_sample = sum(x[0].nbytes for x in first)
     n = max(1, min(len(check.indices), REFERENCE_SAMPLES, REFERENCE_BYTES // per_sample))
     picked = one_per_class_first(check.labels, len(check.indices), n)
-    arrays = {"inputs": check.images.batch(preprocess, [check.indices[i] for i in picked]),
-              "outputs": float_outputs[picked]}
-    arrays.update({host_key(key): outputs[picked] for key, outputs in host_outputs.items()})
+    inputs = check.batch(job.preprocess, [check.indices[i] for i in picked])
+    if signature is None:
+        arrays = {"inputs": inputs[0], "outputs": float_outputs[0][picked]}
+        arrays.update({host_key(key): outputs[0][picked] for key, outputs in host_outputs.items()})
+    else:
+        arrays = {f"input.{name}": x for name, x in zip(signature.names, inputs)}
+        arrays.update({f"output.{name}": y[picked] for name, y in zip(signature.outputs, float_outputs)})
+        arrays.update({f"{host_key(key)}.{name}": y[picked] for key, outputs in host_outputs.items()
+                       for name, y in zip(signature.outputs, outputs)})
     if check.labels is not None:
         arrays["labels"] = check.labels[picked]
     buffer = io.BytesIO()
@@ -487,13 +603,16 @@ def _write_reference(stage: Path, preprocess: Preprocess, check: CheckSet, float
                      sha256=sha256_file(path), host_outputs=True)
 
 
-def _labels_fit(images: ImageSet, num_classes: int) -> bool:
-    """Whether the set's labels are the model's classes (calibration images may be any images)."""
+def _labels_fit(images: ImageSet | TensorSet, num_classes: int | None) -> bool:
+    """Whether the set's labels are the model's classes (calibration images may be any images); an
+    .npz's labels are its first output's classes."""
+    if isinstance(images, TensorSet):
+        return images.labels is not None
     return images.labels is not None and images.classes is not None and len(images.classes) == num_classes
 
 
-def _check_set(eval_set: ImageSet, check_samples: int | None, num_classes: int) -> CheckSet:
-    """The first `check_samples` eval images; labels only where they are the model's classes."""
+def _check_set(eval_set: ImageSet | TensorSet, check_samples: int | None, num_classes: int | None) -> CheckSet:
+    """The first `check_samples` eval samples; labels only where they are the model's classes."""
     n = len(eval_set) if check_samples is None else min(check_samples, len(eval_set))
     return CheckSet(eval_set, range(n), eval_set.labels[:n] if _labels_fit(eval_set, num_classes) else None)
 

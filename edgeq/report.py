@@ -33,14 +33,18 @@ class Table:
 def tables(m: Manifest) -> list[Table]:
     """The host check, then one table per target the artifacts were validated on."""
     fp32 = {a.format: a.bytes for a in m.artifacts if a.precision == "fp32"}
+    tensors = bool(m.model.outputs)  # a model of any tensors: every output compared, the worst shown
     host = Table(f"Host check: {m.model.source} for {m.target.name} ({m.method}), against the float model "
-                 f"on {m.data.check.images} held-out images",
-                 ["artifact", "size", "÷fp32", "agreement", "SQNR dB", "accuracy"], [], [])
+                 f"on {m.data.check.images} held-out {'samples' if tensors else 'images'}"
+                 + (f"; the worst of its outputs ({', '.join(m.model.outputs)})" if tensors else ""),
+                 ["artifact", "size", "÷fp32", "agreement", "SQNR dB", "accuracy", *(["min cosine"] if tensors else [])],
+                 [], [])
     for a in m.artifacts:
         c = a.host_check
         host.rows.append([a.key, _size(a.bytes), f"{a.bytes / fp32[a.format]:.2f}×" if a.format in fp32 else DASH,
                           _pct(c.top1_agreement) if c else DASH, _db(c.sqnr_db, c.nonfinite_outputs) if c else DASH,
-                          _pct(c.accuracy) if c else DASH])
+                          _pct(c.accuracy) if c else DASH]
+                         + ([_cosine(c.outputs) if c else DASH] if tensors else []))
         host.ok.append(c.passed if c else None)
     out = [host]
     for target in _targets(m):
@@ -76,6 +80,14 @@ def notes(m: Manifest) -> list[str]:
         lines.append(f"QAT {flow.flow}: {len(flow.epochs)} epochs in {flow.seconds:.0f} s on "
                      f"{m.training.device} × {m.training.processes} process(es); best epoch {flow.best_epoch} "
                      f"({best} on {m.data.validation} held-out training images).")
+    if m.model.inputs:
+        lines.append(f"Inputs {'; '.join(m.model.inputs)}. Each output against the float model's (SQNR dB, "
+                     "cosine similarity mean/min over the samples):")
+        for a in m.artifacts:
+            if a.host_check and a.host_check.outputs:
+                lines.append(f"{a.key}: " + "; ".join(
+                    f"{o.name} {_db(o.sqnr_db)} dB, cos {_num(o.cosine_mean)}/{_num(o.cosine_min)}"
+                    for o in a.host_check.outputs))
     steps = m.weight_steps
     if steps is not None:
         lines.append(_weight_steps_note(steps))
@@ -283,22 +295,29 @@ def plots(m: Manifest) -> list[tuple[str, str]]:
 
     checked = [a for a in m.artifacts if a.host_check]
     if checked:
-        use_accuracy = all(a.host_check.accuracy is not None for a in checked)
+        # accuracy where every artifact has one, else agreement, else (no class scores) the worst output's SQNR
+        metric = next(name for name in ("accuracy", "top1_agreement", "sqnr_db")
+                      if name == "sqnr_db" or all(getattr(a.host_check, name) is not None for a in checked))
         fig, ax = plt.subplots(figsize=(6, 4))
         labels: dict[tuple[str, float], list[Any]] = {}  # artifacts on the same spot share one label
         for a in checked:
-            y = 100 * (a.host_check.accuracy if use_accuracy else a.host_check.top1_agreement)
+            value = getattr(a.host_check, metric)
+            if value is None:  # identical outputs: no SQNR to place
+                continue
+            y = value if metric == "sqnr_db" else 100 * value
             ax.scatter(a.bytes / 1e3, y, marker="o" if a.precision == "int8" else "s")
             labels.setdefault((a.precision, round(y, 4)), []).append(a)
         for (precision, y), group in labels.items():
             text = f"{precision} " + ", ".join(f".{a.format}" for a in group)
             ax.annotate(text, (group[0].bytes / 1e3, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        if use_accuracy and m.float_accuracy is not None:
+        if metric == "accuracy" and m.float_accuracy is not None:
             ax.axhline(100 * m.float_accuracy, linestyle="--", color="grey", label="float model")
             ax.legend()
         ax.set_xlabel("size (kB)")
-        ax.set_ylabel("accuracy (%)" if use_accuracy else "top-1 agreement with the float model (%)")
-        figures.append((("Accuracy" if use_accuracy else "Agreement") + " against size (host check)", fig))
+        ax.set_ylabel({"accuracy": "accuracy (%)", "top1_agreement": "top-1 agreement with the float model (%)",
+                       "sqnr_db": "SQNR of the worst output against the float model's (dB)"}[metric])
+        title = {"accuracy": "Accuracy", "top1_agreement": "Agreement", "sqnr_db": "Output SQNR"}[metric]
+        figures.append((f"{title} against size (host check)", fig))
     return encode(figures)
 
 
@@ -387,6 +406,15 @@ def _diff(value: float | None) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _num(x: float | None) -> str:
+    return DASH if x is None else f"{x:.4f}"
+
+
+def _cosine(outputs: list) -> str:
+    values = [o.cosine_min for o in outputs]
+    return DASH if not values or None in values else f"{min(values):.4f}"
 
 
 def _pct(x: float | None) -> str:

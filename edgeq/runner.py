@@ -6,14 +6,14 @@ it imports nothing from edgeq, only numpy and the one runtime an artifact needs,
 emulated sysroot has the aarch64 runtime wheels and nothing else.
 
     python runner.py JOB.json      # JOB: {"artifacts": [{"format", "path", "outputs", "result"}, …],
-                                   #       "engine", "threads", "inputs", "warmup", "runs"}
+                                   #       "engine", "threads", "inputs": [.npy per input], "warmup", "runs"}
 
 One process runs every artifact of the job, so each runtime is imported once. Under QEMU it runs
 the .onnx only: importing torch there costs tens of seconds, so .pte and .ptl run through their
-runtimes' C++ APIs instead (edgeq.qemu.native, same job, same files written). For
-each artifact it writes the outputs of every reference input (.npy) and a result JSON: where it
-ran (platform.machine(), the CPU model the kernel reports), the process's import time, load time,
-per-run latencies and the process's peak RSS so far. A result file exists only for an artifact
+runtimes' C++ APIs instead (edgeq.qemu.native, same job, same files written). For each artifact
+it writes the outputs of every reference input (an .npz, one array per output) and a result JSON:
+where it ran (platform.machine(), the CPU model the kernel reports), the process's import time,
+load time, per-run latencies and the process's peak RSS so far. A result file exists only for an artifact
 that finished, so whoever started the process knows which ones a crash left undone.
 """
 
@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 Runner = Callable[[np.ndarray], np.ndarray]  # N×C×H×W float32 → N×classes float32, any N
+Batched = Callable[[list[np.ndarray]], list[np.ndarray]]  # every input, batch first → every output, any N
 
 
 def import_runtime(fmt: str) -> None:
@@ -63,13 +64,18 @@ def load(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = Non
     written, dequantize → float op → quantize, instead of fusing it into this host's integer
     kernels, which are not the target's: on x86 without VNNI they saturate (u8s8 VPMADDUBSW;
     seen: the built-in model's int8 .onnx 20.7 dB here against 32.0 dB on arm64 and as written)."""
-    run = load_tensors(fmt, path, engine, threads, host_kernels)
+    run = load_batched(fmt, path, engine, threads, host_kernels)
+    return lambda x: run([x])[0]
 
-    def one(x: np.ndarray) -> np.ndarray:
-        return run([x])[0]
+
+def load_batched(fmt: str, path: str, engine: str = "qnnpack", threads: int | None = None,
+                 host_kernels: bool = True) -> Batched:
+    """Any model's artifact: a batch of samples of every input in, every output for each out; one
+    call where the artifact takes a batch, else a sample at a time."""
+    run = load_tensors(fmt, path, engine, threads, host_kernels)
     if fmt == "pte" or run.fixed_batch:  # a .pte's shapes are planned for one sample: a loop costs ~20 µs a call
-        return _per_sample(one)
-    return _batched_or_per_sample(one) if fmt == "ptl" else one
+        return _per_sample(run)
+    return _batched_or_per_sample(run) if fmt == "ptl" else run
 
 
 class Tensors:
@@ -129,27 +135,30 @@ def load_tensors(fmt: str, path: str, engine: str = "qnnpack", threads: int | No
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _per_sample(run: Runner) -> Runner:
-    return lambda x: np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
+def _per_sample(run: Batched) -> Batched:
+    def each(xs: list[np.ndarray]) -> list[np.ndarray]:
+        runs = [run([x[i:i + 1] for x in xs]) for i in range(len(xs[0]))]
+        return [np.concatenate(outputs) for outputs in zip(*runs)]
+    return each
 
 
-def _batched_or_per_sample(run: Runner) -> Runner:
+def _batched_or_per_sample(run: Batched) -> Batched:
     """A traced graph runs a whole batch when nothing in it fixed the batch size (a reshape to the
     traced shape would): try the batch once, and go one sample at a time if it fails or gives
     another number of outputs. The lite interpreter is ~10× faster a sample on batches."""
     per_sample = _per_sample(run)
     batched = [True]
 
-    def run_any(x: np.ndarray) -> np.ndarray:
-        if batched[0] and len(x) > 1:
+    def run_any(xs: list[np.ndarray]) -> list[np.ndarray]:
+        if batched[0] and len(xs[0]) > 1:
             try:
-                y = run(x)
-                if len(y) == len(x):
-                    return y
+                ys = run(xs)
+                if all(y.ndim and len(y) == len(xs[0]) for y in ys):
+                    return ys
             except RuntimeError:
                 pass
             batched[0] = False
-        return per_sample(x)
+        return per_sample(xs)
     return run_any
 
 
@@ -242,15 +251,15 @@ def main(job_path: str) -> None:
     for fmt in dict.fromkeys(a["format"] for a in job["artifacts"]):
         import_runtime(fmt)
     import_s = time.perf_counter() - started
-    inputs = np.load(job["inputs"])
+    inputs = [np.load(path, allow_pickle=False) for path in job["inputs"]]
     cpu, features = cpu_model()
     for artifact in job["artifacts"]:
         t0 = time.perf_counter()
-        run = load(artifact["format"], artifact["path"], job.get("engine", "qnnpack"), job.get("threads"))
+        run = load_batched(artifact["format"], artifact["path"], job.get("engine", "qnnpack"), job.get("threads"))
         load_s = time.perf_counter() - t0
         if artifact.get("outputs"):
-            np.save(artifact["outputs"], run(inputs))
-        x = inputs[:1]
+            np.savez(artifact["outputs"], *run(inputs))
+        x = [a[:1] for a in inputs]
         for _ in range(job.get("warmup", 0)):
             run(x)
         latencies = []

@@ -42,10 +42,45 @@ class TensorSpec:
 @dataclass(frozen=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...] = ("output",)  # flattened: a tensor, a tuple/list's items, a dict's keys
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.inputs)
+
+
+def output_names(out: Any, source: str) -> tuple[str, ...]:
+    """The names of a model's outputs, in the order every format returns them (torch's pytree order):
+    "output" for one tensor, output_0… for a tuple or list, the keys of a dict."""
+    if isinstance(out, torch.Tensor):
+        return ("output",)
+    if isinstance(out, dict) and out and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in out.items()):
+        return tuple(out)
+    if isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out):
+        return tuple(f"output_{i}" for i in range(len(out)))
+    raise EdgeqError(f"{source} returned {type(out).__name__}"
+                     f"{'' if not isinstance(out, (tuple, list, dict)) else ' holding something other than tensors'}: "
+                     "return a tensor, or a tuple, list or dict (string keys) of tensors")
+
+
+def flat_outputs(out: Any) -> list[torch.Tensor]:
+    """A model's outputs as the formats return them: one list of tensors."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return list(out.values()) if isinstance(out, dict) else list(out)
+
+
+class FlatOutputs(torch.nn.Module):
+    """The model with its outputs as one tuple: what .ptl's tracer and every runner hand back (a
+    dict or list output otherwise comes back in each format's own container)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flat_outputs(self.model(*inputs)))
 
 
 def forward_names(module: torch.nn.Module, count: int, source: str) -> tuple[str, ...]:
@@ -101,6 +136,10 @@ class TensorSet:
     def batch(self, indices: range | list[int]) -> tuple[np.ndarray, ...]:
         index = np.asarray(list(indices), dtype=np.int64)
         return tuple(a[index] for a in self.arrays.values())
+
+    def info(self, used: int | None = None) -> dict[str, Any]:
+        """As the manifest records data (ImagesUsed: its "images" are samples here)."""
+        return {"source": self.description, "images": len(self) if used is None else used, "classes": None}
 
 
 def open_npz(path: Path, signature: Signature, option: str) -> TensorSet:

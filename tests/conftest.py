@@ -101,7 +101,8 @@ def installed_demo(builtin_export, tmp_path_factory: pytest.TempPathFactory) -> 
 # README's test command runs the suite in two pytest-xdist workers, a module at a time each
 # (--dist loadscope, in this order): a long module started last would leave one core idle at the end.
 LONGEST_FIRST = ("tests/quantize/test_pretrained.py", "tests/quantize/test_budget.py", "tests/test_qat.py",
-                 "tests/test_pipeline.py", "tests/quantize/test_dynamic.py", "tests/test_validate.py",
+                 "tests/test_pipeline.py", "tests/quantize/test_dynamic.py", "tests/test_tensor_models.py",
+                 "tests/test_validate.py",
                  "tests/export/test_pte.py", "tests/quantize/test_weights.py", "tests/test_hostile_input.py",
                  "tests/test_apk.py", "tests/export/test_onnx.py", "tests/test_cli.py", "tests/test_config.py")
 

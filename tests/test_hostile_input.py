@@ -259,7 +259,7 @@ def test_a_runner_ends_when_edgeq_is_killed(builtin_export, tmp_path):
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"artifacts": [{"format": "onnx", "path": str(dist / onnx), "outputs": None,
                                               "result": str(tmp_path / "r.json")}],
-                               "inputs": str(inputs), "warmup": 0, "runs": 10_000_000}))
+                               "inputs": [str(inputs)], "warmup": 0, "runs": 10_000_000}))
     # A stand-in for edgeq: it names itself as the runner's parent, starts it, and is then SIGKILLed.
     parent = subprocess.Popen([sys.executable, "-c", """if True:
         import json, os, subprocess, sys, time

@@ -74,6 +74,9 @@ def install(dist: str | Path, app: str | Path, precision: str = "int8") -> Andro
         raise EdgeqError(f"{dist} has no reference.npz (exported by an older edgeq): re-export it")
     verify_file(dist, manifest.reference.path, manifest.reference.sha256)
     preprocess = manifest.preprocess
+    if preprocess is None or manifest.model.num_classes is None:
+        raise EdgeqError(f"{dist} is an export of {manifest.model.source}, which takes tensors, not an image: the demo "
+                         "app classifies camera images; run the .pte from your own app's code")
     classes = manifest.model.classes or [f"class {i}" for i in range(manifest.model.num_classes)]
 
     final = app / ASSETS

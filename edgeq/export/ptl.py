@@ -17,6 +17,7 @@ from torch import nn
 from edgeq.errors import EdgeqError
 from edgeq.quantize import Example, as_example, quiet
 from edgeq.runner import quantized_engine
+from edgeq.tensors import FlatOutputs
 
 FALLBACK_PASSES = ["freeze (constant propagation, conv-bn folding)", "remove_dropout"]
 
@@ -28,8 +29,11 @@ def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, backen
 
     example = as_example(spec)
     with quiet(), quantized_engine(backend), torch.no_grad(), _mha_fast_path(False):
+        out = model.eval()(*example)
+        if not isinstance(out, (torch.Tensor, tuple)):  # a dict or list: as one tuple, the order every format has
+            model = FlatOutputs(model).eval()
         try:
-            traced = torch.jit.trace(model.eval(), example)
+            traced = torch.jit.trace(model, example)
         except Exception as e:  # noqa: BLE001 - tracing errors come in many types
             raise EdgeqError(f"TorchScript tracing failed for .ptl ({type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}): "

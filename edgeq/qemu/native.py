@@ -12,7 +12,7 @@ runs these formats from C++ as well. onnxruntime's Python runner imports in 3 s 
                                       headers and Debian's arm64 libstdc++ headers: the wheels'
                                       C++ libraries are built with GCC's libstdc++ (C++11 ABI)
 
-The job format is edgeq/runner.py's: `run_job` writes the same outputs (.npy) and result files.
+The job format is edgeq/runner.py's: `run_job` writes the same outputs (.npz) and result files.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ FORMATS = ("pte", "ptl")
 # GCC 12's C++ headers (Debian bookworm, the sysroot's release), matching its libstdc++6.
 LIBSTDCXX_DEV = ("libstdc++-12-dev", "libgcc-12-dev")
 TARGET = ["-target", "aarch64-linux-gnu.2.36"]
+DTYPES = {"float32": "f32", "int64": "i64", "int32": "i32", "uint8": "u8", "bool": "b8"}  # model_run.cpp's names
 
 
 def source() -> Path:
@@ -123,16 +124,22 @@ def run_job(job: dict[str, Any], emu: Any, cpu: str, timeout: float,
     for each artifact that finished. Raises subprocess.TimeoutExpired like procs.run."""
     artifacts = job["artifacts"]
     fmt = artifacts[0]["format"]
-    inputs = np.load(job["inputs"], allow_pickle=False).astype(np.float32, copy=False)
-    raw = Path(job["inputs"]).with_suffix(".f32")
-    if not raw.exists():  # runners of two formats may start side by side: each file appears whole
-        part = raw.with_name(f"{raw.name}.{os.getpid()}.{threading.get_ident()}.part")
-        np.ascontiguousarray(inputs).tofile(part)
-        os.replace(part, raw)
-    count = len(inputs) if any(a["outputs"] for a in artifacts) else 0
+    specs, count = [], 0
+    for path in job["inputs"]:  # one .npy per model input, samples first
+        x = np.load(path, allow_pickle=False)
+        if x.dtype.name not in DTYPES:
+            raise ValueError(f"the native runners take {', '.join(DTYPES)} inputs, not {x.dtype}")
+        raw = Path(path).with_suffix(".bin")
+        if not raw.exists():  # runners of two formats may start side by side: each file appears whole
+            part = raw.with_name(f"{raw.name}.{os.getpid()}.{threading.get_ident()}.part")
+            np.ascontiguousarray(x).tofile(part)
+            os.replace(part, raw)
+        specs.append(f"{raw}:{DTYPES[x.dtype.name]}:{'x'.join(map(str, (1, *x.shape[1:])))}")
+        count = len(x)
+    count = count if any(a["outputs"] for a in artifacts) else 0
     pairs = [(a["path"], a["outputs"] + ".f32" if a["outputs"] else "-") for a in artifacts]
-    args = [str(raw), str(count), str(job["warmup"]), str(job["runs"]), str(job.get("threads") or 1), job["engine"],
-            "1", *map(str, inputs.shape[1:]), "--", *(item for pair in pairs for item in pair)]
+    args = [str(count), str(job["warmup"]), str(job["runs"]), str(job.get("threads") or 1), job["engine"], *specs,
+            "--", *(item for pair in pairs for item in pair)]
     argv, env = emu.command(cpu, args, job.get("threads") or 1, plugin_log is not None, plugin_log,
                             program=emu.root / "native" / f"{fmt}_run", library_path=library_path(emu.root, fmt))
     proc = procs.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
@@ -162,10 +169,11 @@ def _write_results(stdout: str, artifacts: list[dict[str, Any]], count: int) -> 
     for artifact, seen in zip(artifacts, models):
         if "latency_ms" not in seen:  # it did not finish
             continue
-        if artifact["outputs"]:
+        if artifact["outputs"]:  # every output of a sample back to back: split, one array per output
             raw = Path(artifact["outputs"] + ".f32")
-            outputs = np.fromfile(raw, dtype=np.float32).reshape(count, -1)
-            np.save(artifact["outputs"], outputs)
+            sizes = [int(k) for k in seen["outputs"].split()]
+            flat = np.fromfile(raw, dtype=np.float32).reshape(count, sum(sizes))
+            np.savez(artifact["outputs"], *np.split(flat, np.cumsum(sizes)[:-1], axis=1))
             raw.unlink()
         result = {"machine": facts.get("machine", "unknown"), "cpu": cpu, "cpu_features": features, "python": None,
                   "runner": "native", "import_s": max(0.0, float(facts.get("startup_s", -1))),

@@ -83,7 +83,10 @@ def quantizer_for(fmt: str, backend: str, method: str = "static") -> str:
     (uint8 activations, QDQ): onnxruntime fuses that graph into QLinearConv/QLinearAdd throughout,
     where the PT2E x86 graph (conv+add fused for inductor, int8 ReLU6 clips) leaves float convs and
     layout transposes. On MobileNetV2 on an AVX-512 VNNI host: 1.8 ms against 2.8 ms, fp32 4.6 ms
-    (bench/). QAT has no onnxruntime flow: it stays on PT2E x86."""
+    (bench/). QAT has no onnxruntime flow: it stays on PT2E x86. Dynamic int8 (edgeq.quantize.dynamic):
+    PT2E XNNPACK for .pte, onnxruntime's quantize_dynamic for .onnx, torch.ao's eager modules for .ptl."""
+    if method == "dynamic":
+        return {"pte": "xnnpack", "onnx": "ort", "ptl": "eager"}[fmt]
     if fmt == "ptl":
         return "fx"
     if fmt == "pte" or backend == "qnnpack":

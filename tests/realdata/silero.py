@@ -109,3 +109,28 @@ def speech(text: str, into: Path, silence_s: float = 1.0) -> np.ndarray:
     voice = np.interp(at, np.arange(len(voice)) / rate, voice).astype(np.float32)  # to 16 kHz
     quiet = np.zeros(int(silence_s * RATE), np.float32)
     return np.concatenate([quiet, voice, quiet])
+
+
+def streamed_inputs(model: nn.Module, audio: np.ndarray) -> dict[str, np.ndarray]:
+    """Every chunk's inputs as the float model streams `audio`: edgeq's data file for this model (one
+    array per forward parameter, samples first), each sample a chunk with the state carried into it."""
+    samples: dict[str, list[np.ndarray]] = {"audio": [], "h": [], "c": []}
+
+    def run(xs):
+        for name, x in zip(samples, xs):
+            samples[name].append(x[0])
+        with torch.no_grad():
+            return [t.numpy() for t in model(*map(torch.from_numpy, xs))]
+    stream(run, audio)
+    return {name: np.stack(arrays) for name, arrays in samples.items()}
+
+
+if __name__ == "__main__":  # python -m tests.realdata.silero speech.npz ["what espeak-ng says"]
+    import sys
+    import tempfile
+
+    from tests.realdata import silero_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spoken = speech(sys.argv[2] if len(sys.argv) > 2 else "the quick brown fox jumps over the lazy dog", Path(tmp))
+    np.savez(sys.argv[1], **streamed_inputs(silero_model(), spoken))

@@ -1,0 +1,169 @@
+"""Models of any tensors through `edgeq export --method dynamic`: named inputs of any dtype from an
+.npz, every output compared with the float model's, the manifest and reports saying so; the user's
+mistakes in such data or models are one line with nothing written. Silero VAD's real weights carry
+the accuracy claim; the Tagger (random weights) proves the plumbing: a dict out, int64 and bool in."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeq
+from edgeq import runner
+from conftest import assert_nothing_written, assert_user_error, run_cli
+from tests.tensor_models import TOKENS, VOCAB, tagger_data
+
+MODEL = f"{Path(__file__).parent / 'tensor_models.py'}:tagger"
+
+
+@pytest.fixture(scope="module")
+def tagger_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sentences.npz"
+    np.savez(path, **tagger_data(24))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_dynamic_int8_of_a_model_of_tensors_in_every_format_on_host_and_arm64(tmp_path, tagger_npz, emulated_target):
+    """int64 token ids and a bool mask in, a dict out, through every runtime on the host and on the
+    emulated arm64 CPU (the native .pte/.ptl runners and onnxruntime under QEMU)."""
+    out = tmp_path / "dist"
+    manifest = edgeq.export(out, model=MODEL, method="dynamic", calib_data=str(tagger_npz), precisions=("int8",),
+                            runs=2, progress=False)
+    assert manifest.model.inputs == [f"tokens: int64[N, {TOKENS}]", f"mask: bool[N, {TOKENS}]"]
+    assert manifest.model.outputs == ["tags", "pooled"] and manifest.preprocess is None
+    assert manifest.data.check.images == 24 and manifest.layer_numerics is None
+    for a in manifest.artifacts:
+        check = a.host_check
+        assert [o.name for o in check.outputs] == ["tags", "pooled"] and check.samples == 24, a.key
+        assert check.top1_agreement is None and check.accuracy is None  # no labels: no class scores
+        assert check.sqnr_db == min(o.sqnr_db for o in check.outputs), a.key
+        assert all(0.9 < o.cosine_min <= o.cosine_mean <= 1.0 + 1e-9 for o in check.outputs), a.key
+        assert any("cosine_min" in gate for gate in check.gates), check.gates
+    details = {a.format: a.details for a in manifest.artifacts}
+    assert {"lstm", "head"} <= set(details["ptl"]["int8_modules"])  # and attention's projections
+    assert any(name.startswith("attn.") for name in details["ptl"]["int8_modules"]), details["ptl"]
+    assert details["onnx"]["int8_ops"].get("DynamicQuantizeLSTM") == 2, details["onnx"]  # an ONNX LSTM a layer
+    assert details["pte"]["portable_ops"] == {} or "aten" in json.dumps(details["pte"]["portable_ops"])
+    assert "dynamic" in details["pte"]["quantizer"]
+    with np.load(out / "reference.npz", allow_pickle=False) as ref:
+        assert {"input.tokens", "input.mask", "output.tags", "output.pooled", "host_int8_pte.tags"} <= set(ref.files)
+        assert ref["input.tokens"].dtype == np.int64 and ref["input.mask"].dtype == np.bool_
+    report = (out / "report.md").read_text()
+    assert "min cosine" in report and "pooled" in report
+    # onnxruntime's x86 int8 products saturate without VNNI (runner.int8_products_saturate), and a dynamic
+    # graph has no QDQ form to check as written: there arm64's outputs are not this host's, and are judged
+    # on their own. Every other artifact gives the host's outputs there.
+    saturates = runner.int8_products_saturate(platform.machine(), runner.cpu_model()[1])
+    for a in manifest.artifacts:
+        arm64 = a.targets["arm64"]
+        assert arm64.error is None and arm64.where == "emulated", (a.key, arm64.error)
+        if a.format == "onnx" and saturates:
+            assert "judged on its own outputs" in arm64.gates[0] or arm64.host_parity.passed, arm64.gates
+        else:
+            assert arm64.host_parity.passed and arm64.host_parity.samples == 24, (a.key, arm64.host_parity)
+        assert [o.name for o in arm64.check.outputs] == ["tags", "pooled"], a.key
+        assert arm64.runner == ("python" if a.format == "onnx" else "native")
+
+
+def _user_error(tmp_path, data, *needles, extra=()):
+    result = run_cli("export", "--model", MODEL, "--method", "dynamic", "--calib-data", str(data), "--no-validate",
+                     "--out", str(tmp_path / "dist"), "-q", *extra)
+    line = assert_user_error(result, *needles)
+    assert_nothing_written(tmp_path)
+    return line
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda d: d.pop("mask"), ("lacks mask",)),
+    (lambda d: d.update(extra=d["mask"]), ("has extra, which is not a forward parameter",)),
+    (lambda d: d.update(tokens=d["tokens"].astype(np.int32)), ("tokens is int32, the model takes int64",)),
+    (lambda d: d.update(tokens=d["tokens"][:, :3]), ("tokens has shape (24, 3)",)),
+    (lambda d: d.update(labels=np.zeros(5, np.int64)), ("labels must be 24 whole numbers",)),
+    (lambda d: d.update(tokens=d["tokens"] + VOCAB), ("tensor_models.py:tagger failed on tensor file", "IndexError")),
+])
+def test_bad_tensor_data_is_one_line_and_nothing_is_written(tmp_path, edit, needles):
+    data = tagger_data(24)
+    edit(data)
+    np.savez(tmp_path / "bad.npz", **data)
+    _user_error(tmp_path, tmp_path / "bad.npz", *needles)
+
+
+def test_an_empty_or_damaged_npz_or_images_for_tensors_are_one_line(tmp_path, tagger_npz):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    _user_error(tmp_path, tmp_path / "empty.npz", "not a readable .npz")
+    np.savez(tmp_path / "none.npz")
+    _user_error(tmp_path, tmp_path / "none.npz", "is empty")
+    (tmp_path / "cut.npz").write_bytes(tagger_npz.read_bytes()[:200])
+    _user_error(tmp_path, tmp_path / "cut.npz", "not a readable .npz")
+    (tmp_path / "images").mkdir()
+    _user_error(tmp_path, tmp_path / "images", "takes tensors", "an .npz with one array per forward parameter")
+
+
+def test_what_a_model_of_tensors_cannot_be_exported_with_yet_is_said_first(tmp_path, tagger_npz):
+    _user_error(tmp_path, tagger_npz, "--method dynamic", extra=("--method", "static"))
+    result = run_cli("export", "--model", MODEL, "--input-shape", "1,3,8,8", "--method", "dynamic",
+                     "--calib-data", str(tagger_npz), "--no-validate", "--out", str(tmp_path / "dist"), "-q")
+    assert_user_error(result, "drop --input-shape")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_npz_for_an_image_model_is_one_line(tmp_path, tagger_npz):
+    result = run_cli("export", "--calib-data", str(tagger_npz), "--no-validate", "--out", str(tmp_path / "dist"), "-q")
+    assert_user_error(result, "is an .npz", "this one takes images")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_model_that_fails_on_its_own_example_or_returns_no_tensors_is_named(tmp_path):
+    source = tmp_path / "models.py"
+    source.write_text(
+        "import torch\n"
+        "class Broken(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x @ torch.ones(5, 2)\n"
+        "    def example_inputs(self):\n"
+        "        return (torch.ones(1, 3),)\n"
+        "class Text(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return 'hello'\n"
+        "    def example_inputs(self):\n"
+        "        return (torch.ones(1, 3),)\n"
+        "def broken(): return Broken()\n"
+        "def text(): return Text()\n")
+    for factory, needle in (("broken", "failed on its own example_inputs()"), ("text", "returned str")):
+        result = run_cli("export", "--model", f"{source}:{factory}", "--method", "dynamic", "--no-validate",
+                         "--out", str(tmp_path / "dist"), "-q")
+        assert_user_error(result, f"{factory}", needle)
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_silero_vad_exports_dynamic_int8_in_every_format_from_the_cli(tmp_path, emulated_target):
+    """Real weights, real speech: 3 inputs (audio, h, c), 3 outputs (speech probability, h, c), each
+    sample a chunk of speech with the state the float model carried into it; checked on the host on
+    every chunk, and on the emulated arm64 CPU, which must give the host's outputs."""
+    from tests.realdata import silero, silero_model
+
+    audio = silero.speech("the quick brown fox jumps over the lazy dog", tmp_path)
+    samples = silero.streamed_inputs(silero_model(), audio)
+    np.savez(tmp_path / "speech.npz", **samples)
+    result = run_cli("export", "--model", "tests.realdata:silero_model", "--method", "dynamic", "--precisions", "int8",
+                     "--eval-data", str(tmp_path / "speech.npz"), "--out", str(tmp_path / "dist"), "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["model"]["inputs"] == ["audio: float32[N, 576]", "h: float32[N, 128]", "c: float32[N, 128]"]
+    assert manifest["model"]["outputs"] == ["output_0", "output_1", "output_2"]
+    for a in manifest["artifacts"]:
+        check = a["host_check"]
+        assert check["passed"] and check["samples"] == len(samples["audio"]) > 50, a
+        for o in check["outputs"]:  # every output: noise well under the signal, every chunk's direction kept
+            assert o["sqnr_db"] >= 25 and o["cosine_min"] >= 0.99, (a["format"], o)
+        arm64 = a["targets"]["arm64"]
+        assert arm64["passed"] and arm64["host_parity"]["passed"], (a["format"], arm64)
+        print(a["format"], [(o["name"], round(o["sqnr_db"], 1), round(o["cosine_min"], 4)) for o in check["outputs"]])
