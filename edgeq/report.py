@@ -37,8 +37,8 @@ def tables(m: Manifest) -> list[Table]:
     host = Table(f"Host check: {m.model.source} for {m.target.name} ({m.method}), against the float model "
                  f"on {m.data.check.images} held-out {'samples' if tensors else 'images'}"
                  + (f"; the worst of its outputs ({', '.join(m.model.outputs)})" if tensors else ""),
-                 ["artifact", "size", "÷fp32", "agreement", "SQNR dB", "accuracy", *(["min cosine"] if tensors else [])],
-                 [], [])
+                 ["artifact", "size", "÷fp32", "agreement", "SQNR dB", "accuracy",
+                  *(["min cosine"] if tensors else [])], [], [])
     for a in m.artifacts:
         c = a.host_check
         host.rows.append([a.key, _size(a.bytes), f"{a.bytes / fp32[a.format]:.2f}×" if a.format in fp32 else DASH,
@@ -86,7 +86,8 @@ def notes(m: Manifest) -> list[str]:
         for a in m.artifacts:
             if a.host_check and a.host_check.outputs:
                 lines.append(f"{a.key}: " + "; ".join(
-                    f"{o.name} {_db(o.sqnr_db)} dB, cos {_num(o.cosine_mean)}/{_num(o.cosine_min)}"
+                    f"{o.name} {_db(o.sqnr_db)}{'' if o.sqnr_db is None else ' dB'}, cos "
+                    f"{_num(o.cosine_mean)}/{_num(o.cosine_min)}"
                     for o in a.host_check.outputs))
     steps = m.weight_steps
     if steps is not None:
@@ -110,8 +111,9 @@ def target_inputs_note(m: Manifest) -> str:
     """Why a target's figures come from fewer inputs than the host check's."""
     counts = sorted({r.host_parity.samples for a in m.artifacts for r in a.targets.values() if r.host_parity})
     n = " or ".join(str(c) for c in counts) or "a few"
+    what = "samples" if m.model.outputs else "images"
     return (f"On a target each artifact runs {n} reference inputs (one per class first), against "
-            f"{m.data.check.images} check images on the host. The target proves the artifact computes there what it "
+            f"{m.data.check.images} check {what} on the host. The target proves the artifact computes there what it "
             "computed on the host (outputs within the kernels' rounding of its host outputs), so the host check's "
             "accuracy and agreement hold there; an artifact whose outputs differ is run on every reference input "
             f"and judged on its own. A target table's agreement and SQNR are on its {n} inputs only: not comparable "
