@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgeq.config import QuantRecipe
-from edgeq.errors import EdgeqError
+from edgeq.errors import EdgeqError, first_line
 from edgeq.export import fast_lowering
 from edgeq.graph import export_failure
 from edgeq.quantize import Example, as_example, export_graph, quiet
@@ -132,14 +132,14 @@ def export_ort_dynamic(model: nn.Module, example: tuple[torch.Tensor, ...], name
                                  extra_options={"MatMulConstBOnly": True})
         except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many types
             raise EdgeqError(f"onnxruntime could not quantize the model dynamically ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}): leave .onnx out with --formats") from None
+                             f"{first_line(e)}): leave .onnx out with --formats") from None
     proto = onnx.load(str(path))
     _check_model(proto)
     counts = Counter(node.op_type for node in proto.graph.node)
     int8 = {op: counts[op] for op in DYNAMIC_INT8_OPS if counts[op]}
+    weights = {i.name for i in proto.graph.initializer}
     float_weighted = [f"{n.op_type} {n.name}" for n in proto.graph.node if n.op_type in ("MatMul", "Gemm", "LSTM", "GRU")
-                      and len(n.input) > 1 and n.input[1] in {i.name for i in proto.graph.initializer}
-                      and n.name not in excluded]
+                      and len(n.input) > 1 and n.input[1] in weights and n.name not in excluded]
     if not int8:
         raise EdgeqError("onnxruntime's dynamic quantization left every layer float (no MatMulInteger or "
                          "DynamicQuantizeLSTM): the model has no linear layers it takes; use --method static")
