@@ -34,7 +34,7 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC: "free some space there, or write somewhere 
 
 
 SAMPLES_HELP = ("reference inputs each artifact runs [default: 32, one per class first; all in reference.npz "
-                "for an artifact whose outputs differ from the host's]")
+                "for an artifact whose outputs differ from the host's, unless this is given]")
 
 
 def _numbers(cast: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:

@@ -35,7 +35,7 @@ from edgeq.manifest import (PLAN, Artifact, CheckImages, DataRecord, FloatPlan, 
 from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
-from edgeq.quantize import as_example, export_graph, quantize_static, quantizer_for
+from edgeq.quantize import as_example, embedding, export_graph, quantize_static, quantizer_for
 from edgeq.quantize.dynamic import int8_layers, quantize_dynamic_eager, quantize_dynamic_pt2e
 from edgeq.quantize.budget import search as budget_search
 from edgeq.quantize.numerics import layer_errors
@@ -491,6 +491,8 @@ def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt
                            QUANTIZER_NAMES[flow].format(backend=recipe.backend))
         if flow == "eager":  # the modules torch.ao made int8 (the rest run in float)
             details["int8_modules"] = int8_layers(quantized.models[flow])
+        if method == "dynamic" and flow == "xnnpack":
+            details["int8_embeddings"] = embedding.tables(module, recipe.float_layers)
         if method == "dynamic" and recipe.float_layers:
             details["float_layers"] = list(recipe.float_layers)
         if method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator

@@ -112,6 +112,7 @@ def load_tensors(fmt: str, path: str, engine: str = "qnnpack", threads: int | No
     if threads:
         torch.set_num_threads(threads)
     if fmt == "pte":
+        import executorch.kernels.quantized  # noqa: F401 - int8 embedding tables (embedding_byte) run on these
         from executorch.runtime import Runtime
 
         with stderr_silenced():  # XNNPACK's cpuinfo logs its CPU probing to fd 2 on first load

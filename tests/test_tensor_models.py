@@ -167,3 +167,49 @@ def test_silero_vad_exports_dynamic_int8_in_every_format_from_the_cli(tmp_path, 
         arm64 = a["targets"]["arm64"]
         assert arm64["passed"] and arm64["host_parity"]["passed"], (a["format"], arm64)
         print(a["format"], [(o["name"], round(o["sqnr_db"], 1), round(o["cosine_min"], 4)) for o in check["outputs"]])
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_a_pretrained_sentence_encoder_keeps_its_embeddings_in_every_int8_format(tmp_path, emulated_target):
+    """all-MiniLM-L6-v2 (real weights; token ids and an attention mask in, a unit-length 384-d sentence
+    embedding out) with default options: every int8 format keeps each sentence's direction (mean
+    cosine to the float model ≥ 0.99, minimum ≥ 0.95) over 100 real sentences, at a quarter of the
+    float weights' size with its vocabulary table int8; and computes on emulated arm64 what it does here
+    or is judged there on its own outputs."""
+    from tests.realdata import minilm, minilm_parts
+
+    model, tokenizer = minilm_parts()
+    np.savez(tmp_path / "sentences.npz", **minilm.inputs(minilm.sentences(100, tokenizer), tokenizer))
+    out = tmp_path / "dist"
+    result = run_cli("export", "--model", "tests.realdata:minilm_model", "--method", "dynamic", "--precisions", "int8",
+                     "--eval-data", str(tmp_path / "sentences.npz"), "--no-validate", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["model"]["inputs"] == ["tokens: int64[N, 32]", "mask: int64[N, 32]"]
+    float_bytes = 4 * sum(p.numel() for p in model.parameters())  # the fp32 files are this within 1%
+    details = {}
+    for a in manifest["artifacts"]:
+        check = a["host_check"]
+        (o,) = check["outputs"]
+        assert check["passed"] and check["samples"] == 100 and check["top1_agreement"] is None, a
+        assert o["cosine_mean"] >= 0.99 and o["cosine_min"] >= 0.95, (a["format"], o)
+        assert a["bytes"] <= 0.35 * float_bytes, (a["format"], a["bytes"] / float_bytes)
+        details[a["format"]] = a["details"]
+        print(a["format"], round(a["bytes"] / float_bytes, 3), round(o["cosine_mean"], 4), round(o["cosine_min"], 4))
+    tables = ["word_embeddings", "position_embeddings"]
+    assert details["pte"]["int8_embeddings"] == tables and "word_embeddings" in details["onnx"]["int8_embeddings"]
+    linears = [f"layers.{i}.{n}" for i in range(6) for n in ("query", "key", "value", "attention_out", "intermediate",
+                                                               "output")]
+    assert sorted(details["ptl"]["int8_modules"]) == sorted(tables + linears)
+    assert details["onnx"]["int8_ops"]["MatMulInteger"] == len(linears), details["onnx"]["int8_ops"]
+
+    result = run_cli("validate", str(out), "--target", "arm64", "--samples", "12", "--runs", "2", "--warmup", "1",
+                     "--json", "-q")
+    assert result.exit_code == 0, result.output[-3000:]
+    runs = json.loads(result.stdout)
+    assert set(runs) == {"int8 .pte", "int8 .onnx", "int8 .ptl"}
+    for key, arm64 in runs.items():
+        assert arm64["passed"] and arm64["where"] == "emulated", (key, arm64)
+        assert arm64["check"]["samples"] == 12 and arm64["check"]["outputs"][0]["cosine_min"] >= 0.95, arm64["check"]
+        print(key, arm64["host_parity"]["passed"], round(arm64["check"]["outputs"][0]["cosine_mean"], 4))

@@ -9,15 +9,18 @@ One model, a flow per format (measured on the pinned stack, see ../shared/design
 - .onnx: onnxruntime's quantize_dynamic on the float export (edgeq.export.onnx.export_ort_dynamic).
 - .ptl: torch.ao's quantize_dynamic, whose nnqd.Linear/LSTM/GRU/LSTMCell/GRUCell modules the lite
   interpreter runs; each nn.MultiheadAttention first gets its in-projection as Linears.
-The layers of a float plan stay float in every flow.
+Embedding tables become int8 storage in every flow (edgeq.quantize.embedding). The layers of a
+float plan stay float in every flow.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.ao.nn import quantized as nnq
 
 from edgeq.errors import EdgeqError
+from edgeq.quantize import embedding
 from edgeq.quantize.recurrent import RECURRENT, as_linear
 from edgeq.runner import quantized_engine
 
@@ -39,6 +42,7 @@ def quantize_dynamic_pt2e(model: nn.Module, example: tuple[torch.Tensor, ...], p
         raise EdgeqError("dynamic int8 for .pte needs per-channel weights (XNNPACK runs per-tensor dynamic "
                          "linears outside its delegate, 17-33× slower): drop --per-tensor")
     linear, _ = as_linear(model.eval())
+    embedding.for_pte(linear, float_layers)
     program = export_graph(linear, example)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
     if float_layers:
@@ -53,7 +57,8 @@ def quantize_dynamic_eager(model: nn.Module, backend: str, per_channel: bool,
                            float_layers: tuple[str, ...] = ()) -> nn.Module:
     """torch.ao's dynamic quantization for the lite interpreter (.ptl), weights packed for `backend`."""
     from torch.ao.quantization import quantize_dynamic
-    from torch.ao.quantization.qconfig import default_dynamic_qconfig, per_channel_dynamic_qconfig
+    from torch.ao.quantization.qconfig import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
+                                               per_channel_dynamic_qconfig)
 
     from edgeq.quantize import quiet
 
@@ -68,6 +73,7 @@ def quantize_dynamic_eager(model: nn.Module, backend: str, per_channel: bool,
     whole = [name for name in float_layers if isinstance(modules.get(name), RECURRENT)]
     for name in [*whole, *float_linears(model, tuple(n for n in float_layers if n not in whole))]:
         spec[name] = None
+    spec.update({name: float_qparams_weight_only_qconfig for name in embedding.tables(model, float_layers)})
     with quiet(), quantized_engine(backend):
         return quantize_dynamic(model, spec, dtype=torch.qint8)
 
@@ -79,10 +85,11 @@ def float_linears(model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     chosen: list[str] = []
     unknown = []
+    modules = dict(model.named_modules())
     for unit in float_layers:
         inside = [name for name in linears if name == unit or name.startswith(unit + ".")]
         chosen += inside
-        if not inside:
+        if not inside and not isinstance(modules.get(unit), nn.Embedding):  # a table: edgeq.quantize.embedding
             unknown.append(unit)
     if unknown:
         sample = ", ".join(linears[:4]) + (", …" if len(linears) > 4 else "")
@@ -92,6 +99,6 @@ def float_linears(model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
 
 
 def int8_layers(model: nn.Module) -> list[str]:
-    """The modules of an eager dynamic model that became int8."""
+    """The modules of an eager dynamic model that became int8 (an embedding: int8 storage)."""
     return [name for name, m in model.named_modules()
-            if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+            if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") or type(m) is nnq.Embedding]

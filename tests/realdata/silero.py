@@ -48,15 +48,16 @@ class SileroVAD(nn.Module):
         return torch.zeros(1, CONTEXT + CHUNK), torch.zeros(1, 128), torch.zeros(1, 128)
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """The float32 tensors of a .safetensors file (a JSON header, then raw little-endian data)."""
+def read_safetensors(path: Path, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The float32 tensors of a .safetensors file (a JSON header, then raw little-endian data), but
+    those named in `skip`."""
     data = path.read_bytes()
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + size])
     body = memoryview(data)[8 + size:]
     out = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or name in skip:
             continue
         if info["dtype"] != "F32":
             raise ValueError(f"{name}: {info['dtype']}, expected F32")
