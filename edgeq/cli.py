@@ -171,6 +171,11 @@ def main() -> None:
               "percentage points of accuracy on the labelled check images (e.g. 0.5)")
 @click.option("--max-agreement-drop", type=float, default=None,
               help="the same budget without labels: percentage points of top-1 agreement with the float model")
+@click.option("--min-cosine", type=float, default=None,
+              help="dynamic int8: leave the most damaging layers (a recurrent layer, a linear, an embedding table) "
+              "in float until every output's mean cosine similarity to the float model's is at least this (e.g. 0.99)")
+@click.option("--min-sqnr", type=float, default=None,
+              help="the same budget as every output's SQNR in dB against the float model's (e.g. 30)")
 @click.option("--max-float-layers", type=int, default=8, show_default=True,
               help="the budget search stops after this many float layers")
 @click.option("--plan", type=click.Path(path_type=Path), default=None,
@@ -216,6 +221,7 @@ EXPORT_FLAGS = {
     "equalization": "quantization.equalization", "adaround": "quantization.adaround",
     "correction_images": "quantization.correction_images",
     "max_accuracy_drop": "budget.max_accuracy_drop", "max_agreement_drop": "budget.max_agreement_drop",
+    "min_cosine": "budget.min_cosine", "min_sqnr": "budget.min_sqnr",
     "max_float_layers": "budget.max_float_layers", "plan": "budget.plan",
     "calib_data": "data.calib", "train_data": "data.train",
     "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats", "precisions": "precisions",

@@ -68,33 +68,56 @@ class QuantRecipe:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """An accuracy budget for static int8 (edgeq.quantize.budget): conv/linear layers go back to float,
-    the most damaging first, until int8 loses at most this many percentage points of top-1 accuracy
-    (labelled check images) or of top-1 agreement with the float model. Or `plan`: the float layers
-    of an earlier search (its plan.json), applied without searching."""
+    """An accuracy budget: layers go back to float, the most damaging first, until int8 keeps it.
+    Static int8 (edgeq.quantize.budget): at most this many percentage points of top-1 accuracy lost
+    (labelled check images) or of top-1 agreement with the float model. Dynamic int8
+    (edgeq.quantize.output_budget), for outputs that are not class scores: every output's mean cosine
+    similarity to the float model's at least `min_cosine`, or its SQNR at least `min_sqnr` dB. Or
+    `plan`: the float layers of an earlier search (its plan.json), applied without searching."""
 
     max_accuracy_drop: float | None = None
     max_agreement_drop: float | None = None
+    min_cosine: float | None = None
+    min_sqnr: float | None = None
     max_float_layers: int = 8  # the search stops here, budget met or not
     candidates: int = 4  # layers of the cheap ranking confirmed on the real metric per step
     plan: str | None = None
 
     def __post_init__(self) -> None:
-        drops = [d for d in (self.max_accuracy_drop, self.max_agreement_drop) if d is not None]
-        if len(drops) > 1:
-            raise EdgeqError("--max-accuracy-drop and --max-agreement-drop both given: pass one budget")
-        if drops and not (0 <= drops[0] <= 100 and math.isfinite(drops[0])):
-            raise EdgeqError(f"accuracy budget {drops[0]}: give percentage points between 0 and 100, e.g. 0.5")
-        if drops and self.plan is not None:
+        given = {flag: v for flag, v in (("--max-accuracy-drop", self.max_accuracy_drop),
+                                         ("--max-agreement-drop", self.max_agreement_drop),
+                                         ("--min-cosine", self.min_cosine), ("--min-sqnr", self.min_sqnr))
+                 if v is not None}
+        if len(given) > 1:
+            raise EdgeqError(f"{' and '.join(given)} both given: pass one budget")
+        if self.max_drop is not None and not (0 <= self.max_drop <= 100 and math.isfinite(self.max_drop)):
+            raise EdgeqError(f"accuracy budget {self.max_drop}: give percentage points between 0 and 100, e.g. 0.5")
+        if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
+            raise EdgeqError(f"--min-cosine {self.min_cosine}: give a cosine similarity above 0 and at most 1, "
+                             "e.g. 0.99")
+        if self.min_sqnr is not None and not math.isfinite(self.min_sqnr):
+            raise EdgeqError(f"--min-sqnr {self.min_sqnr}: give a number of dB, e.g. 30")
+        if given and self.plan is not None:
             raise EdgeqError("--plan applies a plan found before, a budget searches for one: pass one of them")
         if self.max_float_layers < 1 or self.candidates < 1:
             raise EdgeqError("--max-float-layers (and the candidates per step) must be at least 1")
 
     @property
     def metric(self) -> str | None:
-        if self.max_accuracy_drop is not None:
-            return "accuracy"
-        return "agreement" if self.max_agreement_drop is not None else None
+        for metric, value in (("accuracy", self.max_accuracy_drop), ("agreement", self.max_agreement_drop),
+                              ("cosine", self.min_cosine), ("sqnr", self.min_sqnr)):
+            if value is not None:
+                return metric
+        return None
+
+    @property
+    def on_outputs(self) -> bool:
+        """A budget on the outputs' cosine or SQNR (dynamic int8), not on top-1."""
+        return self.metric in ("cosine", "sqnr")
+
+    @property
+    def minimum(self) -> float | None:
+        return self.min_cosine if self.min_cosine is not None else self.min_sqnr
 
     @property
     def max_drop(self) -> float | None:
@@ -231,9 +254,16 @@ class ExportConfig:
             bad = [c for c in chosen if c not in allowed]
             if bad or not chosen:
                 raise EdgeqError(f"{option} {','.join(bad) or '(empty)'} not understood: choose from {','.join(allowed)}")
-        if (self.budget.metric or self.budget.plan) and (self.method != "static" or "int8" not in self.precisions):
-            raise EdgeqError("an accuracy budget or --plan chooses float layers of static int8: use --method static "
-                             "with int8 in --precisions")
+        if (self.budget.metric or self.budget.plan) and "int8" not in self.precisions:
+            raise EdgeqError("an accuracy budget or --plan chooses float layers of int8: put int8 in --precisions")
+        if self.budget.on_outputs and self.method != "dynamic":
+            raise EdgeqError("--min-cosine and --min-sqnr budget dynamic int8 (recurrent layers, linears, embedding "
+                             "tables): use --method dynamic, or --max-agreement-drop for static int8")
+        if self.budget.metric and not self.budget.on_outputs and self.method != "static":
+            raise EdgeqError("--max-accuracy-drop and --max-agreement-drop budget static int8: use --method static, "
+                             "or --min-cosine / --min-sqnr for dynamic int8")
+        if self.budget.plan and self.method == "qat":
+            raise EdgeqError("--plan chooses float layers of static or dynamic int8: use --method static or dynamic")
         # Duplicates dropped, order kept: "pte,pte,onnx" exports each once.
         object.__setattr__(self, "formats", tuple(dict.fromkeys(self.formats)))
         object.__setattr__(self, "precisions", tuple(dict.fromkeys(self.precisions)))

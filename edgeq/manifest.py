@@ -193,7 +193,7 @@ class PlanStep:
     """One layer returned to float by the accuracy-budget search (edgeq.quantize.budget)."""
 
     layer: str
-    score: float  # the metric (percent) with this layer and those before it in float
+    score: float  # the metric (percent, cosine or dB) with this layer and those before it in float
     candidates: dict[str, float] = field(default_factory=dict)  # layers tried this step → their score
     rank_gain: float | None = None  # the cheap ranking's metric gain for this layer (points)
     sqnr_gain_db: float | None = None  # and its logit SQNR gain
@@ -203,14 +203,16 @@ class PlanStep:
 
 @dataclass
 class FloatPlan:
-    """Which conv/linear layers every int8 artifact leaves in float, and why: found by the search
-    (`--max-accuracy-drop` / `--max-agreement-drop`) or read from a plan file (`--plan`). Saved as
-    plan.json beside the artifacts, and reusable with --plan."""
+    """Which layers every int8 artifact leaves in float, and why: found by the search
+    (`--max-accuracy-drop` / `--max-agreement-drop` for static int8, `--min-cosine` / `--min-sqnr` for
+    dynamic) or read from a plan file (`--plan`). Saved as plan.json beside the artifacts, and
+    reusable with --plan."""
 
     float_layers: list[str] = field(default_factory=list)
     source: str = "search"  # "search", or the plan file it came from
-    metric: str | None = None  # accuracy | agreement
-    max_drop: float | None = None  # percentage points
+    metric: str | None = None  # accuracy | agreement (static int8) | cosine | sqnr (dynamic int8, the worst output)
+    max_drop: float | None = None  # percentage points (accuracy, agreement)
+    minimum: float | None = None  # the mean cosine or the SQNR dB each output must keep (cosine, sqnr)
     images: int = 0  # check images the metric was measured on
     float_score: float | None = None  # the float model's (agreement: 100)
     int8_score: float | None = None  # everything int8

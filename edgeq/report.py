@@ -125,10 +125,18 @@ def plan_note(plan: FloatPlan) -> str:
     layers = ", ".join(plan.float_layers) or "none"
     if plan.source != "search":
         return f"Float layers (from {plan.source}): {layers}."
+    verdict = "budget met" if plan.met else f"budget NOT met ({plan.stopped})"
+    if plan.metric in ("cosine", "sqnr"):  # dynamic int8, on the outputs
+        name, fmt = ("mean cosine", "{:.4f}") if plan.metric == "cosine" else ("SQNR", "{:.1f} dB")
+        costs = "; ".join(f"{s.layer}: {s.params:,} weights kept fp32 (+{3 * s.params / 1e3:.1f} kB)"
+                          for s in plan.steps)
+        return (f"Output budget (every output's {name} at least {fmt.format(plan.minimum)}): float layers {layers}; "
+                f"worst output {fmt.format(plan.int8_score)} all int8 → {fmt.format(plan.score)} on {plan.images} "
+                f"check samples (torch.ao eager model on the host), {verdict}; {plan.evaluations} candidate models "
+                f"in {plan.seconds:.0f} s." + (f" Cost: {costs}." if costs else ""))
     name = "accuracy" if plan.metric == "accuracy" else "top-1 agreement with float"
     costs = "; ".join(f"{s.layer}: {s.params:,} weights kept fp32 (+{3 * s.params / 1e3:.1f} kB), "
                       f"{s.fp32_macs / 1e6:.2f} M MACs/image in fp32" for s in plan.steps)
-    verdict = "budget met" if plan.met else f"budget NOT met ({plan.stopped})"
     points = "point" if plan.max_drop == 1 else "points"
     return (f"Accuracy budget ({name} may drop {plan.max_drop:g} {points}): float layers {layers}; {name} "
             f"{plan.int8_score:.2f}% all int8 → {plan.score:.2f}% (float {plan.float_score:.2f}%) on {plan.images} "

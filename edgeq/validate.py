@@ -145,8 +145,19 @@ def judge(check: HostCheck, precision: str, thresholds: Thresholds, method: str,
     return check
 
 
-def budget_gate(check: HostCheck, metric: str, max_drop: float, float_accuracy: float | None) -> None:
-    """An accuracy budget (points of accuracy or of top-1 agreement), added to the check's gates."""
+def budget_gate(check: HostCheck, metric: str, max_drop: float | None, float_accuracy: float | None,
+                minimum: float | None = None) -> None:
+    """An accuracy budget (points of accuracy or of top-1 agreement; or each output's mean cosine or
+    SQNR), added to the check's gates."""
+    if metric in ("cosine", "sqnr"):
+        values = [o.cosine_mean if metric == "cosine" else o.sqnr_db for o in check.outputs]
+        if metric == "sqnr" and not check.nonfinite_outputs:
+            values = [float("inf") if v is None else v for v in values]  # no noise: identical outputs
+        check.gates.append(f"every output's {'mean cosine' if metric == 'cosine' else 'sqnr_db'} >= {minimum:g} "
+                           "(output budget)")
+        check.passed = bool(check.passed) and bool(values) and all(v is not None and v >= minimum - 1e-9
+                                                                   for v in values)
+        return
     if metric == "accuracy":
         drop = 100 * ((float_accuracy or 0.0) - (check.accuracy or 0.0))
     else:
@@ -422,12 +433,13 @@ def _on_target(group: list[Artifact], session: Session, done: Callable[[Artifact
 
 def failures(manifest: Manifest, spec: Target | None) -> list[str]:
     """Artifacts that failed their host check, or failed (or did not run) on `spec`; formats the
-    target does not run are not its failures."""
+    target does not run are not its failures, nor a host check this host could not judge (None)."""
     def failed_on_target(a: Artifact) -> bool:
         run = a.targets.get(spec.name) if spec else None
         return bool(spec) and a.format in spec.runtimes and not (run and run.passed)
 
-    return [a.key for a in manifest.artifacts if (a.host_check and not a.host_check.passed) or failed_on_target(a)]
+    return [a.key for a in manifest.artifacts
+            if (a.host_check and a.host_check.passed is False) or failed_on_target(a)]
 
 
 def _instructions(a: Artifact, session: Session, n: int) -> int | None:

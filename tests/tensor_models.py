@@ -43,3 +43,45 @@ def tagger_data(n: int, seed: int = 0) -> dict:
     lengths = torch.randint(TOKENS // 2, TOKENS + 1, (n,), generator=g)
     mask = torch.arange(TOKENS).unsqueeze(0) < lengths.unsqueeze(1)
     return {"tokens": tokens.numpy(), "mask": mask.numpy()}
+
+
+FRAMES, FEATURES, ENERGY = 8, 20, 3e4
+
+
+class RawFeatures(nn.Module):
+    """A speech model's shape built to have one damaging layer: raw, unnormalised frame features (an
+    energy column in the ten thousands beside features near 1) into a 3-layer LSTM, a score per frame
+    out (no biases: the output is what the features make of it). The first layer scales energy down
+    in its weights, so the float model is fine; quantizing that layer's input at run time (one scale
+    for the row) rounds every small feature to zero, and only that layer sees them: layers 1 and 2
+    take the LSTM's own outputs, in [-1, 1]."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(FEATURES, hidden, num_layers=3, batch_first=True)
+        self.head = nn.Linear(hidden, 4)
+        with torch.no_grad():
+            self.lstm.weight_ih_l0[:, 1:] *= 4  # the features carry the signal
+            self.lstm.weight_ih_l0[:, 0] /= ENERGY
+            for name, p in self.named_parameters():
+                if "bias" in name:
+                    p.zero_()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(features)[0])
+
+    @staticmethod
+    def example_inputs() -> tuple[torch.Tensor]:
+        return (torch.zeros(1, FRAMES, FEATURES),)
+
+
+def raw_features() -> RawFeatures:
+    torch.manual_seed(0)
+    return RawFeatures().eval()
+
+
+def raw_features_data(n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, FRAMES, FEATURES, generator=g)
+    features[..., 0] = ENERGY * (1 + torch.rand(n, FRAMES, generator=g))
+    return {"features": features.numpy()}

@@ -15,9 +15,10 @@ import pytest
 import edgeq
 from edgeq import runner
 from conftest import assert_nothing_written, assert_user_error, run_cli
-from tests.tensor_models import TOKENS, VOCAB, tagger_data
+from tests.tensor_models import TOKENS, VOCAB, raw_features_data, tagger_data
 
 MODEL = f"{Path(__file__).parent / 'tensor_models.py'}:tagger"
+RAW_FEATURES = f"{Path(__file__).parent / 'tensor_models.py'}:raw_features"
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +214,56 @@ def test_a_pretrained_sentence_encoder_keeps_its_embeddings_in_every_int8_format
         assert arm64["passed"] and arm64["where"] == "emulated", (key, arm64)
         assert arm64["check"]["samples"] == 12 and arm64["check"]["outputs"][0]["cosine_min"] >= 0.95, arm64["check"]
         print(key, arm64["host_parity"]["passed"], round(arm64["check"]["outputs"][0]["cosine_mean"], 4))
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_an_output_budget_keeps_exactly_the_damaging_recurrent_layer_float_in_every_format(tmp_path, emulated_target):
+    """--min-cosine on a model built to have one damaging layer (raw features into a 3-layer LSTM,
+    tests/tensor_models.py): the search returns its first layer, and only it, to float; every format
+    applies the plan and meets the budget as its own runtime runs it, on the host and on emulated
+    arm64; the plan applies again with --plan."""
+    np.savez(tmp_path / "frames.npz", **raw_features_data(48))
+    out = tmp_path / "dist"
+    result = run_cli("export", "--model", RAW_FEATURES, "--method", "dynamic", "--min-cosine", "0.99", "--precisions",
+                     "int8", "--calib-data", str(tmp_path / "frames.npz"), "--runs", "2", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads(result.stdout)
+    plan = manifest["plan"]
+    assert plan["float_layers"] == ["lstm.layers.0"] and plan["met"] and plan["metric"] == "cosine", plan
+    assert plan["int8_score"] < 0.5 and plan["score"] >= 0.99 and plan["images"] == 48, plan
+    assert set(plan["steps"][0]["candidates"]) == {"lstm.layers.0", "lstm.layers.1", "lstm.layers.2", "head"}
+    assert all(score < 0.5 for layer, score in plan["steps"][0]["candidates"].items() if layer != "lstm.layers.0")
+    saturates = runner.int8_products_saturate(platform.machine(), runner.cpu_model()[1])
+    for a in manifest["artifacts"]:
+        check, arm64 = a["host_check"], a["targets"]["arm64"]
+        assert a["details"]["float_layers"] == ["lstm.layers.0"], a["details"]
+        assert "every output's mean cosine >= 0.99 (output budget)" in check["gates"], check
+        if a["format"] == "onnx" and saturates:  # this host's onnxruntime int8 kernels clip: arm64 judges it
+            assert check["passed"] in (True, None), check
+        else:
+            assert check["passed"] and check["outputs"][0]["cosine_mean"] >= 0.99, (a["format"], check)
+        assert arm64["passed"] and arm64["check"]["outputs"][0]["cosine_mean"] >= 0.99, (a["format"], arm64)
+    assert json.loads((out / "plan.json").read_text())["float_layers"] == ["lstm.layers.0"]
+    assert "Output budget (every output's mean cosine at least 0.9900)" in (out / "report.md").read_text()
+
+    again = run_cli("export", "--model", RAW_FEATURES, "--method", "dynamic", "--plan", str(out / "plan.json"),
+                    "--precisions", "int8", "--formats", "ptl", "--calib-data", str(tmp_path / "frames.npz"),
+                    "--no-validate", "--out", str(tmp_path / "again"), "--json")
+    assert again.exit_code == 0, again.output[-3000:]
+    (ptl,) = json.loads(again.stdout)["artifacts"]
+    assert ptl["details"]["float_layers"] == ["lstm.layers.0"] and ptl["host_check"]["passed"], ptl
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (("--method", "static", "--min-cosine", "0.99"), ("--min-cosine and --min-sqnr budget dynamic int8",)),
+    (("--method", "dynamic", "--max-agreement-drop", "1"), ("budget static int8", "--min-cosine")),
+    (("--method", "dynamic", "--min-cosine", "0.99", "--min-sqnr", "30"), ("--min-cosine and --min-sqnr both given",)),
+    (("--method", "dynamic", "--min-cosine", "1.5"), ("--min-cosine 1.5", "at most 1")),
+])
+def test_an_output_budget_the_method_cannot_take_is_one_line(tmp_path, flags, needles):
+    np.savez(tmp_path / "frames.npz", **raw_features_data(8))
+    result = run_cli("export", "--model", RAW_FEATURES, "--calib-data", str(tmp_path / "frames.npz"), "--no-validate",
+                     "--out", str(tmp_path / "dist"), "-q", *flags)
+    assert_user_error(result, *needles)
+    assert_nothing_written(tmp_path)
