@@ -1,17 +1,22 @@
 """Dynamic int8 on real sequence models: edgeq's flow per format against the plain flow a user would
-write from each library's docs, and fp32. Host numbers only (1 thread, this machine).
+write from each library's docs, and fp32: size, host latency (1 thread, batch 1), the outputs'
+SQNR and per-sample cosine against the float model, the task's own figure, and arm64 instructions
+per inference (QEMU, cortex-a76: independent of load; QEMU's time is not a phone's).
 
-    .venv/bin/python -m bench.dynamic          # ~10 min on the 2-core host; results/dynamic.json
+    .venv/bin/python -m bench.dynamic                  # ~40 min on the 2-core host; results/dynamic.json
+    .venv/bin/python -m bench.dynamic minilm --no-count   # some models, host figures only
+    .venv/bin/python -m bench.dynamic --table             # the saved results as Markdown tables
 
 Models (real weights, fetched by tests/realdata): Silero VAD (convolutions + LSTMCell, raw audio
 and state in) streamed over espeak-ng speech; g2p-en (GRU encoder, GRUCell decoder, int64 letters
-in) on CMUdict words. Plain flows:
+in) on CMUdict words; all-MiniLM-L6-v2 (a 6-layer BERT sentence encoder, token ids and a mask in)
+on sentences of the Python manual. Plain flows:
 - .pte: PT2E XNNPACKQuantizer(is_dynamic=True, per-channel) on the model as it is, lowered to XNNPACK.
 - .onnx: onnxruntime quantize_dynamic on the float .onnx with its defaults (no quant_pre_process).
 - .ptl: torch.ao quantize_dynamic on the model's Linear/LSTM/GRU/cell types with torch's default
-  engine on this host (x86), traced and saved for the lite interpreter.
-Per artifact: bytes, host latency (median of the runs), the outputs' SQNR and cosine against the
-float model, and the task's own figure (speech/silence decisions, words right).
+  engine on this host (x86), traced and saved for the lite interpreter (x86 packed weights: it
+  does not load on arm64, so it has no instruction count).
+Static int8 and static/dynamic hybrids of these models are not in edgeq yet: no rows for them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,7 @@ from torch import nn
 from edgeq import runner
 from edgeq.export import onnx as onnx_export, pte, ptl
 from edgeq.quantize.dynamic import PTL_DYNAMIC, quantize_dynamic_eager, quantize_dynamic_pt2e
+from edgeq.validate import cosines
 
 RESULTS = Path(__file__).parent / "results" / "dynamic.json"
 RUNS = 50
@@ -90,12 +97,15 @@ def _artifacts(model: nn.Module, names: tuple[str, ...], folder: Path) -> dict[s
     return made
 
 
-def _sqnr_cosine(want: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
-    w = np.concatenate([a.reshape(-1) for a in want]).astype(np.float64)
-    g = np.concatenate([a.reshape(-1) for a in got]).astype(np.float64)
-    noise = float(np.sum((w - g) ** 2))
-    sqnr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(w ** 2)) / noise)
-    return sqnr, float(w @ g / (np.linalg.norm(w) * np.linalg.norm(g)))
+def _figures(want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> tuple[float, float, float]:
+    """SQNR (dB) over every output of every sample, and the mean and minimum over samples of each
+    sample's cosine (its outputs as one vector)."""
+    w = [np.concatenate([a.reshape(-1) for a in ys]).astype(np.float64) for ys in want]
+    g = [np.concatenate([a.reshape(-1) for a in ys]).astype(np.float64) for ys in got]
+    noise = sum(float(np.sum((a - b) ** 2)) for a, b in zip(w, g))
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(sum(float(np.sum(a ** 2)) for a in w) / noise)
+    cos = cosines(np.stack(w), np.stack(g))
+    return sqnr, float(cos.mean()), float(cos.min())
 
 
 def _measure(made, samples, run_task, reference) -> list[dict]:
@@ -110,11 +120,12 @@ def _measure(made, samples, run_task, reference) -> list[dict]:
             t0 = time.perf_counter()
             run(list(samples[0]))
             times.append((time.perf_counter() - t0) * 1e3)
-        sqnr, cosine = _sqnr_cosine([y for ys in reference for y in ys], [y for ys in outputs for y in ys])
+        sqnr, cos_mean, cos_min = _figures(reference, outputs)
         rows.append({"artifact": label, "bytes": path.stat().st_size, "host_ms": statistics.median(times),
-                     "sqnr_db": round(sqnr, 2), "cosine": round(cosine, 5), "task": run_task(run)})
+                     "sqnr_db": round(sqnr, 2), "cosine_mean": round(cos_mean, 5), "cosine_min": round(cos_min, 5),
+                     "task": run_task(run), "path": path, "engine": engine, "count_inputs": list(samples[0])})
         print(f"  {label:22s} {path.stat().st_size / 1e6:6.2f} MB  {rows[-1]['host_ms']:7.2f} ms  "
-              f"{sqnr:6.1f} dB  cos {cosine:.4f}  {rows[-1]['task']}")
+              f"{sqnr:6.1f} dB  cos {cos_mean:.4f}/{cos_min:.4f}  {rows[-1]['task']}", flush=True)
     return rows
 
 
@@ -164,15 +175,100 @@ def g2p_en(folder: Path, letters: int = 8, steps: int = 8, words: int = 200) -> 
             "rows": _measure(_artifacts(model, ("letters",), folder), samples, task, reference)}
 
 
-def main() -> None:
+def minilm(folder: Path, sentences: int = 100) -> dict:
+    from tests.realdata import minilm as sentence_encoder, minilm_parts
+
+    model, tokenizer = minilm_parts()
+    data = sentence_encoder.inputs(sentence_encoder.sentences(sentences, tokenizer), tokenizer)
+    samples = [(data["tokens"][i:i + 1], data["mask"][i:i + 1]) for i in range(sentences)]
+    with torch.no_grad():
+        reference = [[model(*map(torch.from_numpy, s)).numpy()] for s in samples]
+    nearest_float = _nearest(np.concatenate([r[0] for r in reference]))
+
+    def task(run) -> str:
+        nearest = _nearest(np.concatenate([run(list(s))[0] for s in samples]))
+        return f"nearest other sentence as float for {np.mean(nearest == nearest_float):.3f} of {sentences}"
+    print(f"all-MiniLM-L6-v2: {sentences} sentences, {sentence_encoder.TOKENS} token slots")
+    return {"model": "all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 22.7 M weights, half of them the vocabulary)",
+            "samples": sentences, "rows": _measure(_artifacts(model, ("tokens", "mask"), folder), samples, task,
+                                                   reference)}
+
+
+def _nearest(embeddings: np.ndarray) -> np.ndarray:
+    similarity = embeddings @ embeddings.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(1)
+
+
+def count_instructions(models: list[dict]) -> None:
+    """Each row's arm64 instructions per inference (one sample), two QEMU processes at a time."""
+    from bench.xnnpack_coverage import CPU, instructions
+
+    rows = [r for m in models for r in m["rows"] if r["engine"] == "qnnpack"]
+
+    def count(row: dict) -> int | None:
+        try:
+            return instructions(row["path"], row["count_inputs"], row["path"].parent, counted_runs=3)
+        except Exception as e:  # noqa: BLE001 - a runtime that cannot run it there is a result too
+            print(f"  {row['artifact']}: not counted ({type(e).__name__}: {str(e).splitlines()[-1][:200]})")
+            return None
+    with ThreadPoolExecutor(2) as pool:  # counts do not depend on load: both cores
+        for row, n in zip(rows, pool.map(count, rows)):
+            row[f"instructions_{CPU}"] = n
+            print(f"  {row['artifact']:22s} {n / 1e6 if n else float('nan'):9.1f} M instructions", flush=True)
+
+
+def main(names: list[str], count: bool) -> None:
     torch.manual_seed(0)
+    chosen = names or list(MODELS)
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-dynamic-") as tmp:
-        results = {"machine": runner.cpu_model()[0], "threads": 1, "runs": RUNS,
-                   "models": [silero_vad(Path(tmp)), g2p_en(Path(tmp))]}
+        models = []
+        for name in chosen:  # a folder each: the artifacts' names are the same for every model
+            (Path(tmp) / name).mkdir()
+            models.append(MODELS[name](Path(tmp) / name))
+        if count:
+            count_instructions(models)
+        for m in models:
+            for r in m["rows"]:
+                for key in ("path", "engine", "count_inputs"):
+                    r.pop(key)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"models": []}
+    kept = [m for m in previous["models"] if not any(m["model"] == n["model"] for n in models)]
+    results = {"machine": runner.cpu_model()[0], "threads": 1, "runs": RUNS, "models": kept + models}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {RESULTS}")
 
 
+def tables(results: dict) -> str:
+    """Markdown: a table per model, sizes against its fp32 file of the same format."""
+    from bench.xnnpack_coverage import CPU
+
+    out = []
+    for m in results["models"]:
+        fp32 = {r["artifact"].split()[-1]: r for r in m["rows"] if r["artifact"].startswith("fp32")}
+        out += [f"**{m['model']}**, {m['samples']} inputs", "",
+                f"| artifact | size (÷ fp32) | host ms | {CPU} instructions | SQNR dB | cosine mean / min | task |",
+                "|---|---|---:|---:|---:|---|---|"]
+        for r in m["rows"]:
+            base = fp32.get(r["artifact"].split()[-1])
+            ratio = f" ({r['bytes'] / base['bytes']:.2f})" if base else ""
+            count = r.get(f"instructions_{CPU}")
+            sqnr = "exact" if r["sqnr_db"] > 100 else f"{r['sqnr_db']:.1f}"
+            out.append(f"| {r['artifact']} | {r['bytes'] / 1e6:.2f} MB{ratio} | {r['host_ms']:.2f} | "
+                       f"{f'{count / 1e6:.1f} M' if count else '–'} | {sqnr} | "
+                       f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['task']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+MODELS = {"silero": silero_vad, "g2p": g2p_en, "minilm": minilm}
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--table" in sys.argv:  # the saved results as Markdown
+        print(tables(json.loads(RESULTS.read_text())))
+    else:
+        main([a for a in sys.argv[1:] if not a.startswith("-")], count="--no-count" not in sys.argv)
+        print(tables(json.loads(RESULTS.read_text())))

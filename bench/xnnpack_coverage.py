@@ -36,22 +36,25 @@ CPU = "cortex-a76"  # the android-arm64 target's
 COUNTED_RUNS = 5
 
 
-def instructions(path: Path, x: np.ndarray, work: Path) -> int:
+def instructions(path: Path, x: np.ndarray | list[np.ndarray], work: Path, counted_runs: int = COUNTED_RUNS) -> int:
     """Guest instructions per inference under qemu-aarch64 (-cpu CPU): runs=N minus runs=0, one thread,
-    with the runners `edgeq validate` uses there (native for .pte/.ptl, Python for .onnx)."""
+    with the runners `edgeq validate` uses there (native for .pte/.ptl, Python for .onnx). `x`: the
+    input, or the model's inputs in order (one sample each)."""
     emu = setup_target(with_plugins=True)
-    np.save(work / f"{path.stem}.x.npy", x)
+    inputs = []
+    for i, array in enumerate([x] if isinstance(x, np.ndarray) else x):
+        inputs.append(str(work / f"{path.stem}.x{i}.npy"))
+        np.save(inputs[-1], array)
     counts = []
-    for runs in (COUNTED_RUNS, 0):
+    for runs in (counted_runs, 0):
         log = work / f"{path.stem}.{runs}.log"
         job = {"artifacts": [{"format": path.suffix[1:], "path": str(path), "outputs": None,
                               "result": str(work / f"{path.stem}.{runs}.result.json")}],
-               "engine": "qnnpack", "threads": 1, "inputs": [str(work / f"{path.stem}.x.npy")], "warmup": 1,
-               "runs": runs}
+               "engine": "qnnpack", "threads": 1, "inputs": inputs, "warmup": 1, "runs": runs}
         proc = native.run_emulated(job, work / f"{path.stem}.{runs}.json", emu, CPU, 1, 3600, log)
         assert proc.returncode == 0, proc.stderr[-2000:]
         counts.append(int(re.findall(r"insns:\s*(\d+)", log.read_text())[-1]))
-    return round((counts[0] - counts[1]) / COUNTED_RUNS)
+    return round((counts[0] - counts[1]) / counted_runs)
 
 
 def main(ratios_only: bool = False) -> None:

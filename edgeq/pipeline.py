@@ -38,7 +38,7 @@ from edgeq.progress import log_lines, progress_bars
 from edgeq.quantize import as_example, embedding, export_graph, output_budget, quantize_static, quantizer_for
 from edgeq.quantize.dynamic import int8_layers, quantize_dynamic_eager, quantize_dynamic_pt2e
 from edgeq.quantize.budget import search as budget_search
-from edgeq.quantize.numerics import layer_errors
+from edgeq.quantize.numerics import layer_errors, unit_errors
 from edgeq.quantize.plan import check_known, exported_layers
 from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
@@ -406,12 +406,17 @@ def _train(job: Job, world: qat.World) -> Prepared:
 
 
 def _layer_numerics(job: Job, prepared: Prepared, flow: str) -> tuple[LayerNumerics, float]:
-    """Per-layer SQNR of the PT2E int8 model (the .pte's graph) on a few held-out images, and its time
-    (never touches the progress bar: it runs in a forked child)."""
+    """Per-layer SQNR of the PT2E int8 model (the .pte's graph) on a few held-out images, or, for
+    dynamic int8, per unit of the eager model on a few check samples; and its time (never touches the
+    progress bar: it runs in a forked child)."""
     t0 = time.perf_counter()
-    check = prepared.check
-    images = check.images.batch(job.preprocess, list(check.indices)[:LAYER_NUMERICS_IMAGES])
-    numerics = layer_errors(job.reference(), prepared.quantized.models[flow], images, flow, job.recipe.float_layers)
+    check, recipe = prepared.check, job.recipe
+    samples = check.batch(job.preprocess, list(check.indices)[:LAYER_NUMERICS_IMAGES])
+    if job.config.method == "dynamic":
+        numerics = unit_errors(job.loaded.module, recipe.backend, recipe.per_channel, samples, recipe.float_layers)
+    else:
+        numerics = layer_errors(job.reference(), prepared.quantized.models[flow], samples[0], flow,
+                                recipe.float_layers)
     return numerics, time.perf_counter() - t0
 
 
@@ -421,8 +426,9 @@ def _export_all(job: Job, prepared: Prepared, stage: Path) -> tuple[list[Artifac
     Python, so they run in forked processes side by side where the machine has the cores; the
     numerics go last, beside the longest lowering (a .pte)."""
     todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
-    # per-layer numerics: of static and QAT int8 (dynamic int8 has no ranges to blame)
-    flow = next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None) \
+    # per-layer numerics: of the PT2E graph for static and QAT int8; by unit, on the eager model, for dynamic
+    flow = "eager" if job.config.method == "dynamic" and "int8" in job.config.precisions else \
+        next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None) \
         if job.config.method != "dynamic" else None
     _import_exporters(job.config.formats)
     task = job.bar.add_task("exporting" + (" and per-layer numerics" if flow else ""), total=len(todo) + bool(flow))

@@ -96,8 +96,10 @@ def notes(m: Manifest) -> list[str]:
         lines.append(plan_note(m.plan))
     if m.layer_numerics and m.layer_numerics.layers:
         drops = ", ".join(f"{e.module or e.node} {e.op} ({drop:+.1f} dB)" for e, drop in entry_points(m.layer_numerics)[:3])
-        lines.append(f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} held-out images): "
-                     f"{len(m.layer_numerics.layers)} layer outputs compared; the largest SQNR drops: {drops}.")
+        units = m.layer_numerics.flow == "eager"  # dynamic int8: by unit, on check samples
+        lines.append(f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} "
+                     f"{'check samples' if units else 'held-out images'}): {len(m.layer_numerics.layers)} "
+                     f"{'units' if units else 'layer outputs'} compared; the largest SQNR drops: {drops}.")
     if _targets(m):
         lines.append(target_inputs_note(m))
     if "total" in m.timings_s:

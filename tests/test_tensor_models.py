@@ -38,7 +38,9 @@ def test_dynamic_int8_of_a_model_of_tensors_in_every_format_on_host_and_arm64(tm
                             runs=2, progress=False)
     assert manifest.model.inputs == [f"tokens: int64[N, {TOKENS}]", f"mask: bool[N, {TOKENS}]"]
     assert manifest.model.outputs == ["tags", "pooled"] and manifest.preprocess is None
-    assert manifest.data.check.images == 24 and manifest.layer_numerics is None
+    assert manifest.data.check.images == 24 and manifest.layer_numerics.flow == "eager"
+    units = [e.layer for e in manifest.layer_numerics.layers]  # per unit: the LSTM's layers one by one
+    assert {"embed", "lstm.layers.0", "lstm.layers.1", "head"} <= set(units), units
     for a in manifest.artifacts:
         check = a.host_check
         assert [o.name for o in check.outputs] == ["tags", "pooled"] and check.samples == 24, a.key
@@ -168,6 +170,32 @@ def test_silero_vad_exports_dynamic_int8_in_every_format_from_the_cli(tmp_path, 
         arm64 = a["targets"]["arm64"]
         assert arm64["passed"] and arm64["host_parity"]["passed"], (a["format"], arm64)
         print(a["format"], [(o["name"], round(o["sqnr_db"], 1), round(o["cosine_min"], 4)) for o in check["outputs"]])
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_g2p_ens_encoder_exports_dynamic_int8_in_every_format_from_the_cli(tmp_path, emulated_target):
+    """Real weights (an embedding and a GRUCell unrolled over 16 letter slots), 100 CMUdict words as
+    int64 letter ids; the encoder's final state compared in every format, on the host and arm64."""
+    from tests.realdata import cmudict_text, g2p
+
+    words = g2p.cmudict_words(cmudict_text(), 100)
+    np.savez(tmp_path / "words.npz", letters=g2p.encode(list(words)).numpy())
+    result = run_cli("export", "--model", "tests.realdata:g2p_encoder_model", "--method", "dynamic", "--precisions",
+                     "int8", "--eval-data", str(tmp_path / "words.npz"), "--runs", "2", "--out", str(tmp_path / "dist"),
+                     "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["model"]["inputs"] == [f"letters: int64[N, {g2p.LETTERS}]"]
+    saturates = runner.int8_products_saturate(platform.machine(), runner.cpu_model()[1])
+    for a in manifest["artifacts"]:
+        (o,) = a["host_check"]["outputs"]
+        if a["format"] == "onnx" and saturates:  # this host's onnxruntime int8 kernels clip: arm64 judges it
+            assert a["host_check"]["passed"] in (True, None), a["host_check"]
+        else:
+            assert a["host_check"]["passed"] and o["cosine_min"] >= 0.95, (a["format"], o)
+        assert a["targets"]["arm64"]["passed"], (a["format"], a["targets"]["arm64"])
+        print(a["format"], round(o["sqnr_db"], 1), round(o["cosine_mean"], 4), round(o["cosine_min"], 4))
 
 
 @pytest.mark.slow

@@ -54,8 +54,9 @@ def quantize_dynamic_pt2e(model: nn.Module, example: tuple[torch.Tensor, ...], p
 
 
 def quantize_dynamic_eager(model: nn.Module, backend: str, per_channel: bool,
-                           float_layers: tuple[str, ...] = ()) -> nn.Module:
-    """torch.ao's dynamic quantization for the lite interpreter (.ptl), weights packed for `backend`."""
+                           float_layers: tuple[str, ...] = (), split: bool = False) -> nn.Module:
+    """torch.ao's dynamic quantization for the lite interpreter (.ptl), weights packed for `backend`;
+    `split`: recurrent modules as Linears (layer by layer) even where the plan keeps none float."""
     from torch.ao.quantization import quantize_dynamic
     from torch.ao.quantization.qconfig import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
                                                per_channel_dynamic_qconfig)
@@ -67,7 +68,7 @@ def quantize_dynamic_eager(model: nn.Module, backend: str, per_channel: bool,
     # Attention's in-projection as Linears, so that it is int8 too (quantize_dynamic skips
     # nn.MultiheadAttention); recurrent modules too when the plan keeps one of their layers float
     # (nnqd.LSTM is int8 as a whole).
-    split = any(name not in dict(model.named_modules()) for name in float_layers)  # e.g. lstm.layers.0
+    split = split or any(name not in dict(model.named_modules()) for name in float_layers)  # e.g. lstm.layers.0
     model, _ = as_linear(model.eval(), recurrent=split, attention=True)
     modules = dict(model.named_modules())
     whole = [name for name in float_layers if isinstance(modules.get(name), RECURRENT)]

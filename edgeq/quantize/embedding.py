@@ -74,7 +74,7 @@ def for_onnx(proto: onnx.ModelProto, model: nn.Module, float_layers: tuple[str, 
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(inits[table])
-        q, scale = (t.numpy() for t in int8_rows(torch.from_numpy(weight)))
+        q, scale = (t.numpy() for t in int8_rows(torch.from_numpy(weight.copy())))
         base = f"{table}_int8"
         if table not in {name for name, _ in done}:  # a table looked up twice is rewritten once
             graph.initializer.remove(inits[table])

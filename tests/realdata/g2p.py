@@ -53,6 +53,25 @@ class G2P(nn.Module):
         return (encode(["example"], self.letters),)
 
 
+class Encoder(nn.Module):
+    """g2p-en's encoder alone: letters in, the GRU's final state (N, 256) out, what the decoder starts
+    from (a model to export on its own: an embedding and a recurrent cell, int64 in)."""
+
+    def __init__(self, g2p: G2P) -> None:
+        super().__init__()
+        self.letters, self.enc_emb, self.encoder = g2p.letters, g2p.enc_emb, g2p.encoder
+
+    def forward(self, letters: torch.Tensor) -> torch.Tensor:
+        x = self.enc_emb(letters)
+        h = torch.zeros(letters.shape[0], 256)
+        for t in range(letters.shape[1]):
+            h = torch.where(letters[:, t:t + 1] > 0, self.encoder(x[:, t], h), h)
+        return h
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (encode(["example"], self.letters),)
+
+
 def load(weights: np.lib.npyio.NpzFile, letters: int = LETTERS, steps: int = STEPS) -> G2P:
     model = G2P(letters, steps)
     state = {"enc_emb.weight": "enc_emb", "encoder.weight_ih": "enc_w_ih", "encoder.weight_hh": "enc_w_hh",

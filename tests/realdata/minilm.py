@@ -151,3 +151,12 @@ def inputs(texts: list[str], tokenizer: WordPiece, tokens: int = TOKENS) -> dict
         encoded = tokenizer.encode(text)
         row[:len(encoded)] = encoded
     return {"tokens": ids, "mask": (ids > 0).astype(np.int64)}
+
+
+if __name__ == "__main__":  # python -m tests.realdata.minilm sentences.npz [COUNT]
+    import sys
+
+    from tests.realdata import wheel_files
+
+    vocabulary = WordPiece(wheel_files("minilm") / "vocab.txt")
+    np.savez(sys.argv[1], **inputs(sentences(int(sys.argv[2]) if len(sys.argv) > 2 else 100, vocabulary), vocabulary))
