@@ -4,7 +4,7 @@ SQNR and per-sample cosine against the float model, the task's own figure, and a
 per inference (QEMU, cortex-a76: independent of load; QEMU's time is not a phone's).
 
     .venv/bin/python -m bench.dynamic                  # ~40 min on the 2-core host; results/dynamic.json
-    .venv/bin/python -m bench.dynamic minilm --no-count   # some models, host figures only
+    .venv/bin/python -m bench.dynamic minilm --no-count   # some models, host figures only (counts kept)
     .venv/bin/python -m bench.dynamic --table             # the saved results as Markdown tables
 
 Models (real weights, fetched by tests/realdata): Silero VAD (convolutions + LSTMCell, raw audio
@@ -233,6 +233,15 @@ def main(names: list[str], count: bool) -> None:
                 for key in ("path", "engine", "count_inputs"):
                     r.pop(key)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"models": []}
+    if not count:  # instruction counts do not depend on load: keep the last run's for the same artifacts
+        from bench.xnnpack_coverage import CPU
+
+        key = f"instructions_{CPU}"
+        counted = {(m["model"], r["artifact"]): r[key] for m in previous["models"] for r in m["rows"] if key in r}
+        for m in models:
+            for r in m["rows"]:
+                if (m["model"], r["artifact"]) in counted:
+                    r[key] = counted[m["model"], r["artifact"]]
     kept = [m for m in previous["models"] if not any(m["model"] == n["model"] for n in models)]
     results = {"machine": runner.cpu_model()[0], "threads": 1, "runs": RUNS, "models": kept + models}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +265,7 @@ def tables(results: dict) -> str:
             count = r.get(f"instructions_{CPU}")
             sqnr = "exact" if r["sqnr_db"] > 100 else f"{r['sqnr_db']:.1f}"
             out.append(f"| {r['artifact']} | {r['bytes'] / 1e6:.2f} MB{ratio} | {r['host_ms']:.2f} | "
-                       f"{f'{count / 1e6:.1f} M' if count else '–'} | {sqnr} | "
+                       f"{f'{count / 1e6:.2f} M' if count else '–'} | {sqnr} | "
                        f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['task']} |")
         out.append("")
     return "\n".join(out)
