@@ -331,7 +331,7 @@ def inspect_cmd(folder: Path, html_path: Path | None) -> None:
     if numerics is None or not numerics.layers:
         raise EdgeqError(f"{folder} has no per-layer numerics (an fp32-only, QAT or older export): export with "
                          "static int8 to a PT2E format (.pte, or .onnx with --backend qnnpack)")
-    table = Table(title=f"Per-layer int8 error ({numerics.flow}, {numerics.images} held-out images)")
+    table = Table(title=f"Per-layer int8 error ({report.numerics_source(numerics)})")
     for column in ("#", *report.LAYER_COLUMNS):
         table.add_column(column, justify="right" if column in ("#", "SQNR dB", "added dB") else "left")
     for i, (e, row) in enumerate(zip(numerics.layers, report.layer_rows(numerics))):

@@ -97,8 +97,7 @@ def notes(m: Manifest) -> list[str]:
     if m.layer_numerics and m.layer_numerics.layers:
         drops = ", ".join(f"{e.module or e.node} {e.op} ({drop:+.1f} dB)" for e, drop in entry_points(m.layer_numerics)[:3])
         units = m.layer_numerics.flow == "eager"  # dynamic int8: by unit, on check samples
-        lines.append(f"Per-layer int8 error ({m.layer_numerics.flow}, {m.layer_numerics.images} "
-                     f"{'check samples' if units else 'held-out images'}): {len(m.layer_numerics.layers)} "
+        lines.append(f"Per-layer int8 error ({numerics_source(m.layer_numerics)}): {len(m.layer_numerics.layers)} "
                      f"{'units' if units else 'layer outputs'} compared; the largest SQNR drops: {drops}.")
     if _targets(m):
         lines.append(target_inputs_note(m))
@@ -170,6 +169,11 @@ def layer_rows(numerics: LayerNumerics) -> list[list[str]]:
     conv/linear itself adds (input SQNR − output SQNR)."""
     return [[e.module, e.op, e.node, _db(e.sqnr_db), f"{e.added_db:.1f}" if e.added_db is not None else DASH,
              "float" if e.kept_float else ""] for e in numerics.layers]
+
+
+def numerics_source(numerics: LayerNumerics) -> str:
+    """"xnnpack, 16 held-out images", or for dynamic int8's units "eager, 16 check samples"."""
+    return f"{numerics.flow}, {numerics.images} " + ("check samples" if numerics.flow == "eager" else "held-out images")
 
 
 def entry_points(numerics: LayerNumerics) -> list[tuple[LayerError, float]]:
@@ -358,7 +362,7 @@ def layer_figure(numerics: LayerNumerics) -> tuple[str, Any]:
     ax.set_xlabel("layer output, in network order")
     ax.set_ylabel("SQNR vs float (dB)")
     ax.legend(fontsize=7, ncol=4)
-    return (f"Per-layer int8 error ({numerics.flow}, {numerics.images} held-out images): where SQNR falls, error "
+    return (f"Per-layer int8 error ({numerics_source(numerics)}): where SQNR falls, error "
             "enters" + (f"; {len(floats)} layer(s) left float" if floats else ""), fig)
 
 
