@@ -147,11 +147,20 @@ def test_budget_options_that_contradict_are_refused(budget, message):
         BudgetConfig(**budget)
 
 
-def test_a_budget_needs_static_int8():
-    with pytest.raises(EdgeqError, match="static int8"):
+def test_a_budget_needs_the_int8_it_budgets():
+    """Top-1 budgets search static int8; output budgets (cosine, SQNR) search dynamic int8."""
+    with pytest.raises(EdgeqError, match="budget static int8: use --method static"):
         ExportConfig(method="qat", budget=BudgetConfig(max_agreement_drop=1.0))
-    with pytest.raises(EdgeqError, match="static int8"):
+    with pytest.raises(EdgeqError, match="budget static int8: use --method static"):
+        ExportConfig(method="dynamic", budget=BudgetConfig(max_accuracy_drop=1.0))
+    with pytest.raises(EdgeqError, match="budget dynamic int8"):
+        ExportConfig(method="static", budget=BudgetConfig(min_sqnr=30.0))
+    with pytest.raises(EdgeqError, match="put int8 in --precisions"):
         ExportConfig(precisions=("fp32",), budget=BudgetConfig(max_agreement_drop=1.0))
+    with pytest.raises(EdgeqError, match="--plan chooses float layers of static or dynamic int8"):
+        ExportConfig(method="qat", budget=BudgetConfig(plan="plan.json"))
+    ExportConfig(method="dynamic", budget=BudgetConfig(min_cosine=0.99))  # and these are fine
+    ExportConfig(method="dynamic", budget=BudgetConfig(plan="plan.json"))
 
 
 def test_inspect_without_numerics_says_why(tmp_path, builtin_export):
