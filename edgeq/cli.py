@@ -172,7 +172,7 @@ def main() -> None:
 @click.option("--max-agreement-drop", type=float, default=None,
               help="the same budget without labels: percentage points of top-1 agreement with the float model")
 @click.option("--min-cosine", type=float, default=None,
-              help="dynamic int8: leave the most damaging layers (a recurrent layer, a linear, an embedding table) "
+              help="int8 of a model of tensors: leave the most damaging layers (a recurrent layer, a linear, an embedding table) "
               "in float until every output's mean cosine similarity to the float model's is at least this (e.g. 0.99)")
 @click.option("--min-sqnr", type=float, default=None,
               help="the same budget as every output's SQNR in dB against the float model's (e.g. 30)")
@@ -180,6 +180,9 @@ def main() -> None:
               help="the budget search stops after this many float layers")
 @click.option("--plan", type=click.Path(path_type=Path), default=None,
               help="apply the float layers of an earlier export's plan.json (no search)")
+@click.option("--dynamic-layers", callback=_names, default=None,
+              help="static int8 of a model of tensors, hybrid: these layers quantized dynamically, comma-separated "
+              "(a linear, a recurrent layer such as lstm.layers.0, a cell)")
 @click.option("--mean", callback=_numbers(float), default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
 @click.option("--std", callback=_numbers(float), default=None, help="per-channel std")
 @click.option("--resize", type=int, default=None, help="resize the shorter side to this, then center-crop")
@@ -223,6 +226,7 @@ EXPORT_FLAGS = {
     "max_accuracy_drop": "budget.max_accuracy_drop", "max_agreement_drop": "budget.max_agreement_drop",
     "min_cosine": "budget.min_cosine", "min_sqnr": "budget.min_sqnr",
     "max_float_layers": "budget.max_float_layers", "plan": "budget.plan",
+    "dynamic_layers": "quantization.dynamic_layers",
     "calib_data": "data.calib", "train_data": "data.train",
     "eval_data": "data.eval", "check_samples": "data.check_samples", "formats": "formats", "precisions": "precisions",
     "mean": "preprocess.mean", "std": "preprocess.std", "resize": "preprocess.resize",

@@ -51,8 +51,13 @@ class QuantRecipe:
     # Conv/linear layers left in float by every int8 flow, by weight name (edgeq.quantize.plan):
     # what an accuracy-budget search or a --plan file chose.
     float_layers: tuple[str, ...] = field(default=(), metadata=schema.OMIT)
+    # Hybrid: the layers or units (a recurrent layer `lstm.layers.0`, a linear) that static int8 of a
+    # model of tensors quantizes dynamically instead (edgeq.quantize.static_tensors).
+    dynamic_layers: tuple[str, ...] = field(default=(), metadata=schema.OMIT)
 
     def __post_init__(self) -> None:
+        if self.dynamic_layers is None:  # the flag not given
+            object.__setattr__(self, "dynamic_layers", ())
         if self.backend is not None and self.backend not in BACKENDS:
             raise EdgeqError(f"unknown quantization backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.calib_samples < 1 or self.calib_batch < 1 or self.correction_images < 1:
@@ -256,9 +261,9 @@ class ExportConfig:
                 raise EdgeqError(f"{option} {','.join(bad) or '(empty)'} not understood: choose from {','.join(allowed)}")
         if (self.budget.metric or self.budget.plan) and "int8" not in self.precisions:
             raise EdgeqError("an accuracy budget or --plan chooses float layers of int8: put int8 in --precisions")
-        if self.budget.on_outputs and self.method != "dynamic":
-            raise EdgeqError("--min-cosine and --min-sqnr budget dynamic int8 (recurrent layers, linears, embedding "
-                             "tables): use --method dynamic, or --max-agreement-drop for static int8")
+        if self.budget.on_outputs and self.method == "qat":
+            raise EdgeqError("--min-cosine and --min-sqnr budget dynamic or static int8 of a model of tensors "
+                             "(recurrent layers, linears, embedding tables): use --method dynamic or static")
         if self.budget.metric and not self.budget.on_outputs and self.method != "static":
             raise EdgeqError("--max-accuracy-drop and --max-agreement-drop budget static int8: use --method static, "
                              "or --min-cosine / --min-sqnr for dynamic int8")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,10 +36,12 @@ from edgeq.models import LoadedModel, load_model
 from edgeq.placement import ensure_ready, placement
 from edgeq.progress import log_lines, progress_bars
 from edgeq.quantize import as_example, embedding, export_graph, output_budget, quantize_static, quantizer_for
+from edgeq.quantize import static_tensors
 from edgeq.quantize.dynamic import int8_layers, quantize_dynamic_eager, quantize_dynamic_pt2e
 from edgeq.quantize.budget import search as budget_search
 from edgeq.quantize.numerics import layer_errors, unit_errors
 from edgeq.quantize.plan import check_known, exported_layers
+from edgeq.quantize.recurrent import as_linear
 from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
 from edgeq.tensors import TensorSet, flat_outputs, open_npz
@@ -51,6 +53,9 @@ QUANTIZER_NAMES = {"xnnpack": "PT2E XNNPACKQuantizer", "x86": "PT2E X86InductorQ
                    "fx": "FX {backend} qconfig",
                    "ort": "onnxruntime quantize_static (QDQ, uint8 activations, int8 weights)",
                    "eager": "torch.ao quantize_dynamic ({backend} engine)"}
+STATIC_TENSORS = {"xnnpack": "PT2E XNNPACKQuantizer, static (calibrated on the .npz)",
+                  "ort": "onnxruntime quantize_static (QDQ on MatMul/Gemm/Conv, uint8 activations, int8 weights)",
+                  "eager": "torch.ao eager static, QuantStub/DeQuantStub around each Linear/Conv ({backend} engine)"}
 DYNAMIC_PTE = "PT2E XNNPACKQuantizer, dynamic (int8 weights per channel, activations per row at run time)"
 REFERENCE = "reference.npz"  # inputs + float outputs for validation on targets
 # Held-out inputs stored for targets (validate.PARITY_SAMPLES of them, one per class first, are run
@@ -78,6 +83,11 @@ class CheckSet:
             return self.images.batch(list(indices))
         return (self.images.batch(preprocess, list(indices)),)
 
+    def within(self, preprocess: Preprocess, limit: int) -> int:
+        """How many of the first samples' inputs fit in `limit` bytes (at least one)."""
+        per_sample = sum(x[0].nbytes for x in self.batch(preprocess, self.indices[:1]))
+        return max(1, min(len(self.indices), limit // max(1, per_sample)))
+
 
 @dataclass
 class Job:
@@ -102,7 +112,10 @@ class Job:
         return self._reference
 
     def flows(self) -> list[str]:
-        return list(dict.fromkeys(quantizer_for(f, self.recipe.backend, self.config.method) for f in self.config.formats))
+        return list(dict.fromkeys(self.flow(f) for f in self.config.formats))
+
+    def flow(self, fmt: str) -> str:
+        return quantizer_for(fmt, self.recipe.backend, self.config.method, self.loaded.signature is not None)
 
 
 @dataclass
@@ -111,7 +124,7 @@ class Quantized:
     with and the float model it quantizes (static: with its weights made ready, see weight_steps)."""
 
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
-    ort_calibration: np.ndarray | None = None
+    ort_calibration: np.ndarray | tuple[np.ndarray, ...] | None = None
     ort_source: torch.nn.Module | None = None
     weight_steps: WeightSteps | None = None
 
@@ -125,6 +138,7 @@ class Prepared:
     labelled: ImageSet | TensorSet | None  # calibration or training data (its classes name the outputs when they fit)
     used: dict[str, Any]  # DataRecord's calibration, or training and validation
     training: Training | None = None
+    float_outputs: list[np.ndarray] | None = None  # the float model's on the check set, where already run
 
 
 def export(out: str | Path, config: ExportConfig | None = None, *, progress: bool = True,
@@ -146,6 +160,9 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
     loaded = load_model(config.model, config.weights, config.input_shape)
     if loaded.signature is not None:
         _check_tensor_export(config, loaded.source)
+    if recipe.dynamic_layers and (loaded.signature is None or config.method != "static"):
+        raise EdgeqError("--dynamic-layers makes static int8 of a model of tensors (example_inputs()) hybrid: pass "
+                         "it with --method static on such a model, or drop it")
     preprocess = _preprocess(loaded, config) if loaded.signature is None else None
     data = config.data
     eval_set = _open_data(data.eval, "--eval-data", loaded, "test") if data.eval else \
@@ -159,7 +176,9 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
             progress_bars(progress and world.main) as bar:
         job = Job(out, config, target, recipe, loaded, preprocess, eval_set, bar)
         prepared = _train(job, world) if config.method == "qat" else \
-            _quantize_dynamic(job) if config.method == "dynamic" or loaded.signature else _calibrate(job)
+            _quantize_dynamic(job) if config.method == "dynamic" or (loaded.signature and "int8" not in
+                                                                     config.precisions) else \
+            _calibrate_tensors(job) if loaded.signature else _calibrate(job)
         if not world.main:
             return None
         check = prepared.check
@@ -167,7 +186,8 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
         with staged_output(out, before_replace=lambda: check_output_folder(out, inputs)) as stage:
             artifacts, numerics = _export_all(job, prepared, stage)
             t0 = time.perf_counter()
-            float_accuracy, float_outputs, host_outputs = _host_check(job, check, artifacts, stage)
+            float_accuracy, float_outputs, host_outputs = _host_check(job, check, artifacts, stage,
+                                                                      prepared.float_outputs)
             job.timings["host_check"] = time.perf_counter() - t0
             reference = _write_reference(stage, job, check, float_outputs, host_outputs)
             job.timings["total"] = time.perf_counter() - started
@@ -199,9 +219,9 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
 
 def _check_tensor_export(config: ExportConfig, source: str) -> None:
     """What a model of any tensors (example_inputs()) can be exported with today."""
-    if config.method != "dynamic" and "int8" in config.precisions:
-        raise EdgeqError(f"{source} takes tensors (example_inputs()); its int8 is dynamic quantization today "
-                         "(static and QAT quantize image models): pass --method dynamic, or --precisions fp32")
+    if config.method == "qat" and "int8" in config.precisions:
+        raise EdgeqError(f"{source} takes tensors (example_inputs()); QAT trains image classifiers: pass --method "
+                         "static or dynamic, or --precisions fp32")
 
 
 def _open_data(source: str, option: str, loaded: LoadedModel, split: str) -> ImageSet | TensorSet:
@@ -232,16 +252,12 @@ def _quantize_dynamic(job: Job) -> Prepared:
     else:
         raise EdgeqError(f"{loaded.source} needs samples to check the artifacts on: pass --eval-data (or "
                          "--calib-data)" + (" as an .npz of the model's inputs" if loaded.signature else ""))
-    expected = _float_model_runs_on(job, check)
-    prepared = Prepared(Quantized(), check, data, {})
+    prepared = Prepared(Quantized(), check, data, {}, float_outputs=_float_model_runs_on(job, check))
     if "int8" not in config.precisions:
         return prepared
-    if config.budget.plan:
-        job.plan = FloatPlan(float_layers=load_plan(Path(config.budget.plan)).float_layers, source=config.budget.plan)
-    elif config.budget.on_outputs:
-        job.plan = _output_plan(job, check, expected)
-    if job.plan is not None:
-        job.recipe = replace(job.recipe, float_layers=tuple(job.plan.float_layers))
+    recipe = job.recipe
+    _tensor_plan(job, prepared, lambda float_layers: quantize_dynamic_eager(loaded.module, recipe.backend,
+                                                                           recipe.per_channel, float_layers))
     recipe, example = job.recipe, as_example(loaded.spec)
     task = job.bar.add_task("dynamic int8 (no calibration)", total=None)
     for flow in job.flows():
@@ -275,19 +291,31 @@ def _float_model_runs_on(job: Job, check: CheckSet) -> list[np.ndarray]:
     return [np.concatenate(c) for c in zip(*chunks)]
 
 
-def _output_plan(job: Job, check: CheckSet, expected: list[np.ndarray]) -> FloatPlan:
+def _tensor_plan(job: Job, prepared: Prepared, quantize: Callable[[tuple[str, ...]], torch.nn.Module]) -> None:
+    """A model of tensors' float units, from --plan or an output budget's search, into the job's
+    recipe; `quantize(float_units)` makes a candidate of the search."""
+    budget = job.config.budget
+    if budget.plan:
+        job.plan = FloatPlan(float_layers=load_plan(Path(budget.plan)).float_layers, source=budget.plan)
+    elif budget.on_outputs:
+        job.plan = _output_plan(job, prepared.check, prepared.float_outputs, quantize)
+    if job.plan is not None:
+        job.recipe = replace(job.recipe, float_layers=tuple(job.plan.float_layers))
+
+
+def _output_plan(job: Job, check: CheckSet, expected: list[np.ndarray],
+                 quantize: Callable[[tuple[str, ...]], torch.nn.Module]) -> FloatPlan:
     """The float units that keep every output within --min-cosine / --min-sqnr (output_budget), on
     the check samples (at most SEARCH_BYTES of inputs)."""
     loaded = job.loaded
     if loaded.signature is None:
         raise EdgeqError("--min-cosine and --min-sqnr budget the outputs of a model of tensors (example_inputs()); "
                          "an image classifier's budget is --max-agreement-drop with --method static")
-    per_sample = sum(x.nbytes // max(1, len(x)) for x in check.batch(job.preprocess, check.indices[:1]))
-    n = max(1, min(len(check.indices), SEARCH_BYTES // max(1, per_sample)))
+    n = check.within(job.preprocess, SEARCH_BYTES)
     inputs = check.batch(job.preprocess, list(check.indices)[:n])
     t0 = time.perf_counter()
-    plan = output_budget.search(loaded.module, job.recipe.backend, job.recipe.per_channel, inputs,
-                                [e[:n] for e in expected], loaded.signature.outputs, job.config.budget, job.bar)
+    plan = output_budget.search(loaded.module, quantize, inputs, [e[:n] for e in expected], loaded.signature.outputs,
+                                job.config.budget, job.bar)
     job.timings["budget_search"] = time.perf_counter() - t0
     return plan
 
@@ -295,6 +323,9 @@ def _output_plan(job: Job, check: CheckSet, expected: list[np.ndarray]) -> Float
 def _calibrate(job: Job) -> Prepared:
     """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86),
     all calibrated on the same preprocessed images; the held-out check set beside them."""
+    if job.config.budget.on_outputs:
+        raise EdgeqError("--min-cosine and --min-sqnr budget the outputs of a model of tensors (example_inputs()); "
+                         "an image classifier's budget is --max-agreement-drop or --max-accuracy-drop")
     images = _open_data(job.config.data.calib or FASHION_MNIST, "--calib-data", job.loaded, "train")
     indices, check = _split(images, job)
     prepared = Prepared(Quantized(), check, images, {"calibration": ImagesUsed(**images.info(len(indices)))})
@@ -332,6 +363,57 @@ def _calibrate(job: Job) -> Prepared:
     return prepared
 
 
+def _calibrate_tensors(job: Job) -> Prepared:
+    """Static int8 (or hybrid) of a model of tensors (edgeq.quantize.static_tensors), a model per flow,
+    calibrated on the .npz's first samples; the held-out check set beside them. The eager model is
+    made whatever the formats: the per-unit numerics measure it."""
+    config, loaded = job.config, job.loaded
+    if config.budget.metric and not config.budget.on_outputs:
+        raise EdgeqError(f"{loaded.source} takes tensors (example_inputs()): its outputs are budgeted with --min-cosine "
+                         "or --min-sqnr; --max-accuracy-drop and --max-agreement-drop budget an image classifier's top-1")
+    if config.data.calib is None:
+        raise EdgeqError(f"static int8 of {loaded.source} calibrates on its inputs: pass --calib-data as an .npz "
+                         f"with one array per forward parameter ({', '.join(loaded.signature.names)}), or use "
+                         "--method dynamic")
+    data = _open_data(config.data.calib, "--calib-data", loaded, "train")
+    indices, check = _split(data, job)
+    float_outputs = _float_model_runs_on(job, check)
+    calib = data.batch(list(indices))
+    prepared = Prepared(Quantized(), check, data, {"calibration": ImagesUsed(**data.info(len(indices)))},
+                        float_outputs=float_outputs)
+    bar = job.bar
+
+    def batches(label: str | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+        task, size = bar.add_task(f"calibrating ({label})", total=len(indices)) if label else None, job.recipe.calib_batch
+        for i in range(0, len(indices), size):
+            yield tuple(x[i:i + size] for x in calib)
+            if task is not None:
+                bar.advance(task, min(size, len(indices) - i))
+
+    recipe = job.recipe
+    _tensor_plan(job, prepared, lambda float_layers: static_tensors.quantize_eager(
+        loaded.module, replace(recipe, float_layers=float_layers), batches))
+    recipe = job.recipe
+    both = set(recipe.float_layers) & set(recipe.dynamic_layers)
+    if both:
+        raise EdgeqError(f"{sorted(both)[0]} is both a float layer (the plan) and a dynamic one (--dynamic-layers): "
+                         "name it in one of them")
+    quantized = prepared.quantized
+    for flow in dict.fromkeys([*job.flows(), "eager"]):
+        t0 = time.perf_counter()
+        if flow == "xnnpack":
+            quantized.models[flow] = static_tensors.quantize_pt2e(
+                loaded.module, as_example(loaded.spec), recipe, lambda: batches("PT2E XNNPACK, for .pte"))
+        elif flow == "eager":
+            quantized.models[flow] = static_tensors.quantize_eager(
+                loaded.module, recipe, lambda: batches(f"torch.ao eager {recipe.backend}, for .ptl"))
+        else:  # "ort": onnxruntime calibrates the float .onnx at export time, on these samples
+            quantized.ort_calibration = calib
+            quantized.ort_source = as_linear(loaded.module.eval(), recurrent=True, attention=True)[0]
+        job.timings[f"quantize_{flow}"] = time.perf_counter() - t0
+    return prepared
+
+
 def _float_plan(job: Job, calib: np.ndarray, check: CheckSet) -> FloatPlan:
     """The float layers: read from --plan, or searched for within the budget on the check images."""
     budget, shape = job.config.budget, job.loaded.input_shape
@@ -343,8 +425,7 @@ def _float_plan(job: Job, calib: np.ndarray, check: CheckSet) -> FloatPlan:
     if budget.metric == "accuracy" and check.labels is None:
         raise EdgeqError("--max-accuracy-drop needs labelled check images (--eval-data, or labelled calibration "
                          "folders with the model's classes): pass them, or use --max-agreement-drop")
-    per_image = 4 * int(np.prod(shape[1:]))
-    n = max(1, min(len(check.indices), SEARCH_BYTES // per_image))
+    n = check.within(job.preprocess, SEARCH_BYTES)
     images = check.images.batch(job.preprocess, list(check.indices)[:n])
     labels = None if check.labels is None else check.labels[:n]
     model, recipe = job.loaded.module, job.recipe
@@ -413,7 +494,11 @@ def _layer_numerics(job: Job, prepared: Prepared, flow: str) -> tuple[LayerNumer
     check, recipe = prepared.check, job.recipe
     samples = check.batch(job.preprocess, list(check.indices)[:LAYER_NUMERICS_IMAGES])
     if job.config.method == "dynamic":
-        numerics = unit_errors(job.loaded.module, recipe.backend, recipe.per_channel, samples, recipe.float_layers)
+        int8 = quantize_dynamic_eager(job.loaded.module, recipe.backend, recipe.per_channel, recipe.float_layers,
+                                      split=True)
+        numerics = unit_errors(job.loaded.module, int8, samples, recipe.float_layers)
+    elif job.loaded.signature is not None:  # static int8 of a model of tensors: its eager model, by unit
+        numerics = unit_errors(job.loaded.module, prepared.quantized.models["eager"], samples, recipe.float_layers)
     else:
         numerics = layer_errors(job.reference(), prepared.quantized.models[flow], samples[0], flow,
                                 recipe.float_layers)
@@ -426,10 +511,11 @@ def _export_all(job: Job, prepared: Prepared, stage: Path) -> tuple[list[Artifac
     Python, so they run in forked processes side by side where the machine has the cores; the
     numerics go last, beside the longest lowering (a .pte)."""
     todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
-    # per-layer numerics: of the PT2E graph for static and QAT int8; by unit, on the eager model, for dynamic
-    flow = "eager" if job.config.method == "dynamic" and "int8" in job.config.precisions else \
-        next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None) \
-        if job.config.method != "dynamic" else None
+    # per-layer numerics: of the PT2E graph for static and QAT int8 of an image model; by unit, on the
+    # per unit, on the eager model, for models of tensors
+    flow = None if "int8" not in job.config.precisions else \
+        "eager" if job.config.method == "dynamic" or job.loaded.signature is not None else \
+        next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None)
     _import_exporters(job.config.formats)
     task = job.bar.add_task("exporting" + (" and per-layer numerics" if flow else ""), total=len(todo) + bool(flow))
 
@@ -500,9 +586,10 @@ def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt
     its export time."""
     t0 = time.perf_counter()
     recipe = job.recipe
-    flow = quantizer_for(fmt, recipe.backend, job.config.method)
+    flow = job.flow(fmt)
     path = stage / f"model_{precision}.{fmt}"
     loaded, method = job.loaded, job.config.method
+    tensors = loaded.signature is not None
     module, shape = loaded.module, loaded.spec
     names = loaded.input_names if loaded.signature else None
     if precision == "int8" and flow == "ort" and method == "dynamic":  # the float model, quantized by onnxruntime
@@ -510,7 +597,7 @@ def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt
                                           recipe.float_layers)
     elif precision == "int8" and flow == "ort":
         source = quantized.ort_source if quantized.ort_source is not None else module
-        details = onnx.export_ort_quantized(source, shape, path, quantized.ort_calibration, recipe)
+        details = onnx.export_ort_quantized(source, shape, path, quantized.ort_calibration, recipe, names)
     elif fmt == "pte":
         details = pte.export(module if precision == "fp32" else quantized.models[flow], shape, path)
     elif fmt == "onnx":
@@ -519,14 +606,17 @@ def _export_one(job: Job, quantized: Quantized, stage: Path, precision: str, fmt
     else:
         details = ptl.export(module if precision == "fp32" else quantized.models[flow], shape, path, recipe.backend)
     if precision == "int8":
+        names = STATIC_TENSORS if tensors and method == "static" else QUANTIZER_NAMES
         details.setdefault("quantizer", DYNAMIC_PTE if method == "dynamic" and flow == "xnnpack" else
-                           QUANTIZER_NAMES[flow].format(backend=recipe.backend))
+                           names[flow].format(backend=recipe.backend))
         if flow == "eager":  # the modules torch.ao made int8 (the rest run in float)
             details["int8_modules"] = int8_layers(quantized.models[flow])
-        if method == "dynamic" and flow == "xnnpack":
+        if tensors and flow == "xnnpack":
             details["int8_embeddings"] = embedding.tables(module, recipe.float_layers)
-        if method == "dynamic" and recipe.float_layers:
+        if tensors and recipe.float_layers:
             details["float_layers"] = list(recipe.float_layers)
+        if recipe.dynamic_layers:
+            details["dynamic_layers"] = list(recipe.dynamic_layers)
         if method == "static" and flow != "ort":  # onnxruntime's flow names its calibrator
             details["calibration"] = recipe.calibration + \
                 (f" {recipe.percentile}" if recipe.calibration == "percentile" else "")
@@ -543,11 +633,13 @@ def _held_out(method: str, eval_set: ImageSet | TensorSet | None) -> str:
     return "training images held out from QAT" if method == "qat" else "calibration images not used for calibration"
 
 
-def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
-                stage: Path) -> tuple[float | None, list[np.ndarray], dict[str, list[np.ndarray]]]:
+def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Path,
+                float_outputs: list[np.ndarray] | None = None
+                ) -> tuple[float | None, list[np.ndarray], dict[str, list[np.ndarray]]]:
     """Run every artifact with its own runtime on the held-out images, a chunk at a time (batched
-    where the format allows, see runner.load); compare with the float model. Returns the float
-    model's accuracy and outputs, and each artifact's outputs (a list: one array per output)."""
+    where the format allows, see runner.load); compare with the float model (its `float_outputs`
+    where a stage ran it already). Returns the float model's accuracy and outputs, and each
+    artifact's outputs (a list: one array per output)."""
     # A target of another architecture runs other integer kernels than this host's: check what the
     # artifact says (onnxruntime's QDQ as written); the target proves its kernels match (validate).
     host_kernels = job.target.arch == platform.machine()
@@ -556,13 +648,13 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
             a.details["host_check_kernels"] = "this host's (the target's architecture)" if host_kernels else \
                 f"this host's {platform.machine()} integer kernels: a dynamic graph has no QDQ form to run as " \
                 f"written; {job.target.arch}'s own outputs are judged by edgeq validate" \
-                if job.config.method == "dynamic" else \
+                if job.config.method == "dynamic" or job.recipe.dynamic_layers else \
                 f"QDQ as written (onnxruntime basic optimizations): {job.target.arch} kernels are not this host's"
     # A dynamic .onnx runs onnxruntime's fused int8 kernels here; an x86 CPU without VNNI clips their
     # products (measured: 12.6 dB here, 35.8 dB for the same file on arm64), so a failure here is not
     # the artifact's.
     unjudged = {a.key for a in artifacts if a.format == "onnx" and a.precision == "int8" and not host_kernels
-                and job.config.method == "dynamic"
+                and (job.config.method == "dynamic" or job.recipe.dynamic_layers)
                 and runner.int8_products_saturate(platform.machine(), runner.cpu_model()[1])}
     runners: dict[str, runner.Runner] = {}  # loaded once per process, on its first chunk
 
@@ -576,8 +668,11 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact],
                                                        threads=1, host_kernels=host_kernels or a.precision == "fp32")
                             for a in artifacts})
         x = check.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
-        with torch.no_grad():
-            expected = [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, x)))]
+        if float_outputs is not None:
+            expected = [y[start:start + CHECK_CHUNK] for y in float_outputs]
+        else:
+            with torch.no_grad():
+                expected = [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, x)))]
         return expected, {key: run(list(x)) for key, run in runners.items()}
 
     threads = torch.get_num_threads()
@@ -624,9 +719,7 @@ def _write_reference(stage: Path, job: Job, check: CheckSet, float_outputs: list
     host_<precision>_<format>; a model of any tensors has one array per input and output, named
     input.NAME, output.NAME and host_<precision>_<format>.NAME."""
     signature = job.loaded.signature
-    first = check.batch(job.preprocess, check.indices[:1])
-    per_sample = sum(x[0].nbytes for x in first)
-    n = max(1, min(len(check.indices), REFERENCE_SAMPLES, REFERENCE_BYTES // per_sample))
+    n = min(REFERENCE_SAMPLES, check.within(job.preprocess, REFERENCE_BYTES))
     picked = one_per_class_first(check.labels, len(check.indices), n)
     inputs = check.batch(job.preprocess, [check.indices[i] for i in picked])
     if signature is None:

@@ -109,7 +109,8 @@ def test_an_empty_or_damaged_npz_or_images_for_tensors_are_one_line(tmp_path, ta
 
 
 def test_what_a_model_of_tensors_cannot_be_exported_with_yet_is_said_first(tmp_path, tagger_npz):
-    _user_error(tmp_path, tagger_npz, "--method dynamic", extra=("--method", "static"))
+    _user_error(tmp_path, tagger_npz, "QAT trains image classifiers", extra=("--method", "qat"))
+    _user_error(tmp_path, tagger_npz, "with --method static on such a model", extra=("--dynamic-layers", "head"))
     result = run_cli("export", "--model", MODEL, "--input-shape", "1,3,8,8", "--method", "dynamic",
                      "--calib-data", str(tagger_npz), "--no-validate", "--out", str(tmp_path / "dist"), "-q")
     assert_user_error(result, "drop --input-shape")
@@ -284,7 +285,8 @@ def test_an_output_budget_keeps_exactly_the_damaging_recurrent_layer_float_in_ev
 
 
 @pytest.mark.parametrize("flags, needles", [
-    (("--method", "static", "--min-cosine", "0.99"), ("--min-cosine and --min-sqnr budget dynamic int8",)),
+    (("--method", "qat", "--min-cosine", "0.99"), ("budget dynamic or static int8 of a model of tensors",)),
+    (("--method", "static", "--max-agreement-drop", "1"), ("budgeted with --min-cosine or --min-sqnr",)),
     (("--method", "dynamic", "--max-agreement-drop", "1"), ("budget static int8", "--min-cosine")),
     (("--method", "dynamic", "--min-cosine", "0.99", "--min-sqnr", "30"), ("--min-cosine and --min-sqnr both given",)),
     (("--method", "dynamic", "--min-cosine", "1.5"), ("--min-cosine 1.5", "at most 1")),
@@ -295,3 +297,47 @@ def test_an_output_budget_the_method_cannot_take_is_one_line(tmp_path, flags, ne
                      "--out", str(tmp_path / "dist"), "-q", *flags)
     assert_user_error(result, *needles)
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_static_and_hybrid_int8_of_a_model_of_tensors_on_host_and_arm64(tmp_path, tagger_npz, emulated_target):
+    """--method static calibrates on the .npz; --dynamic-layers makes one LSTM layer dynamic inside it
+    (hybrid). Every format on the host and on emulated arm64. Layer 1 stays static: its gates are
+    chunked from a quantized add, the slices XNNPACK computed wrong (edgeq.export.delegable), which
+    took the pooled output to 8 dB."""
+    out = tmp_path / "dist"
+    result = run_cli("export", "--model", MODEL, "--method", "static", "--calib-data", str(tagger_npz),
+                     "--dynamic-layers", "lstm.layers.0", "--precisions", "int8", "--runs", "2", "--out", str(out),
+                     "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["method"] == "static" and manifest["data"]["calibration"]["images"] > 0
+    assert manifest["layer_numerics"]["flow"] == "eager"
+    details = {a["format"]: a["details"] for a in manifest["artifacts"]}
+    assert all("static" in d["quantizer"] and d["dynamic_layers"] == ["lstm.layers.0"] for d in details.values())
+    onnx_ops = details["onnx"]["ops"]  # layer 0's two products at each of the 6 steps dynamic, the rest QDQ
+    assert onnx_ops.get("MatMulInteger") == 2 * TOKENS and onnx_ops["QuantizeLinear"] > 0, onnx_ops
+    assert details["onnx"]["int8_embeddings"] == ["embed"] and details["pte"]["int8_embeddings"] == ["embed"]
+    assert {"lstm.layers.0.ih", "lstm.layers.1.hh", "head", "embed"} <= set(details["ptl"]["int8_modules"])
+    for a in manifest["artifacts"]:
+        check = a["host_check"]
+        assert check["passed"] and [o["name"] for o in check["outputs"]] == ["tags", "pooled"], a["details"]
+        assert all(o["cosine_min"] > 0.99 for o in check["outputs"]), check["outputs"]
+        arm64 = a["targets"]["arm64"]
+        assert arm64["passed"] and arm64["where"] == "emulated", (a["format"], arm64)
+
+
+def test_static_int8_output_budget_finds_the_damaging_layer(tmp_path):
+    """The output budget with static int8: calibrated ranges are no kinder than run-time ones to the
+    raw features' first layer, and the search leaves exactly that layer float."""
+    np.savez(tmp_path / "frames.npz", **raw_features_data(48))
+    out = tmp_path / "dist"
+    result = run_cli("export", "--model", RAW_FEATURES, "--method", "static", "--min-cosine", "0.99", "--precisions",
+                     "int8", "--formats", "onnx,ptl", "--calib-data", str(tmp_path / "frames.npz"), "--no-validate",
+                     "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["float_layers"] == ["lstm.layers.0"] and plan["met"] and plan["int8_score"] < 0.5, plan
+    for a in json.loads(result.stdout)["artifacts"]:
+        assert a["host_check"]["passed"] and a["details"]["float_layers"] == ["lstm.layers.0"], a

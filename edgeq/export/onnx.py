@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 import torch
 from torch import nn
 
@@ -59,48 +61,90 @@ def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, quanti
     return _checked(proto, quantized, float_layers)
 
 
-def export_ort_quantized(model: nn.Module, input_shape: tuple[int, ...], path: Path, calib: np.ndarray,
-                         recipe: QuantRecipe) -> dict[str, Any]:
+# What static int8 of a model of tensors quantizes in onnxruntime's flow: the products, as in its
+# .ptl (edgeq.quantize.static_tensors). onnxruntime's default takes every op it has a quantizer for,
+# the Where of a masked_fill too, whose -inf it cannot calibrate ("range of [-inf, inf] is not finite").
+TENSOR_STATIC_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def export_ort_quantized(model: nn.Module, spec: tuple[int, ...] | Example, path: Path,
+                         calib: np.ndarray | tuple[np.ndarray, ...], recipe: QuantRecipe,
+                         input_names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The float model to ONNX, then onnxruntime's static quantization: quant_pre_process (shape
     inference, graph optimizations), then quantize_static calibrated on `calib` with the recipe's
     method (edgeq.quantize.observers.ort_calibration), QDQ with uint8 activations and int8 weights
-    (7-bit, REDUCE_RANGE), the pairing onnxruntime's x86 kernels are fastest with."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    (7-bit for x86, REDUCE_RANGE), the pairing onnxruntime's x86 kernels are fastest with.
 
-    class Images(CalibrationDataReader):
+    A model of tensors (`input_names`, `calib` one array per input; the model written with Linears,
+    edgeq.quantize.static_tensors): its plan names units, its embedding tables become int8 per row
+    (edgeq.quantize.embedding) rather than onnxruntime's one-scale uint8 Gather, and the recipe's
+    hybrid layers get onnxruntime's quantize_dynamic."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_dynamic, quantize_static)
+
+    from edgeq.quantize import embedding
+
+    samples = calib if input_names is not None else (calib,)
+    names = input_names or ("input",)
+
+    class Samples(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(range(len(calib)))
+            self.next = iter(range(len(samples[0])))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            i = next(self.batches, None)  # one image at a time: the exported graph has batch size 1
-            return None if i is None else {"input": calib[i:i + 1]}
+            i = next(self.next, None)  # a sample at a time: what every exported graph takes
+            return None if i is None else {name: x[i:i + 1] for name, x in zip(names, samples)}
 
     method, options = ort_calibration(recipe.calibration, recipe.percentile)
     with tempfile.TemporaryDirectory(prefix="edgeq-ort-") as tmp:
-        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        export(model, input_shape, fp32, quantized=False)
+        fp32, prepared, hybrid = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "hybrid.onnx"
+        export(model, spec, fp32, quantized=False, input_names=input_names)
         try:
             with quiet(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
                 try:
                     quant_pre_process(str(fp32), str(prepared))
                 except Exception:  # noqa: BLE001 - its symbolic shape inference fails on some Expand nodes
                     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # ONNX's own then
-                excluded = onnx_float_nodes(onnx.load(str(prepared)), frozenset(recipe.float_layers))
-                quantize_static(str(prepared), str(path), Images(), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                per_channel=recipe.per_channel, reduce_range=REDUCE_RANGE, calibrate_method=method,
-                                extra_options=options, nodes_to_exclude=excluded)
+                graph = onnx.load(str(prepared))
+                if input_names is not None and gemms_as_matmuls(graph):
+                    onnx.save(graph, str(prepared))
+                if input_names is None:
+                    excluded, dynamic = onnx_float_nodes(graph, frozenset(recipe.float_layers)), []
+                else:
+                    excluded = unit_nodes(graph, model, recipe.float_layers)
+                    dynamic = unit_nodes(graph, model, recipe.dynamic_layers)
+                    lookups = {f"{t}.weight" for t in embedding.tables(model, recipe.float_layers)}
+                    excluded += [n.name for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in lookups]
+                quantize_static(str(prepared), str(hybrid if dynamic else path), Samples(),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
+                                reduce_range=REDUCE_RANGE and recipe.backend == "x86", calibrate_method=method,
+                                extra_options=options, nodes_to_exclude=excluded + dynamic,
+                                op_types_to_quantize=None if input_names is None else list(TENSOR_STATIC_OPS))
+                if dynamic:  # the hybrid layers, MatMuls left float by quantize_static (it warns: "already quantized")
+                    logging.disable(logging.WARNING)
+                    try:
+                        quantize_dynamic(str(hybrid), str(path), weight_type=QuantType.QInt8,
+                                         per_channel=recipe.per_channel, nodes_to_quantize=dynamic,
+                                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+                    finally:
+                        logging.disable(logging.NOTSET)
+        except EdgeqError:
+            raise
         except Exception as e:  # noqa: BLE001 - onnxruntime's quantizer raises many types
-            raise EdgeqError(f"onnxruntime could not quantize the model ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}): export with --backend qnnpack, or leave "
-                             ".onnx out with --formats") from None
+            raise EdgeqError(f"onnxruntime could not quantize the model ({type(e).__name__}: {first_line(e)}): "
+                             + ("export with --backend qnnpack, or " if input_names is None else "")
+                             + "leave .onnx out with --formats") from None
     proto = onnx.load(str(path))
-    if recipe.float_layers:
+    tables = embedding.for_onnx(proto, model, recipe.float_layers) if input_names is not None else []
+    if excluded:
         float_inputs(proto, excluded)
+    if excluded or tables:
         onnx.save(proto, str(path))
-    details = _checked(proto, quantized=True, float_layers=recipe.float_layers)
-    details["calibration"] = f"{method.name} over {len(calib)} images"
+    details = _checked(proto, quantized=True, planned=excluded)  # hybrid layers are MatMulInteger now
+    details["calibration"] = f"{method.name} over {len(samples[0])} samples"
+    if input_names is not None:
+        details.update(int8_embeddings=tables, **({"dynamic_nodes": dynamic} if dynamic else {}))
     return details
 
 
@@ -134,7 +178,7 @@ def export_ort_dynamic(model: nn.Module, example: tuple[torch.Tensor, ...], name
                     quant_pre_process(str(fp32), str(prepared))
                 except Exception:  # noqa: BLE001 - its symbolic shape inference fails on some Expand nodes
                     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # ONNX's own then
-                excluded = _dynamic_float_nodes(onnx.load(str(prepared)), source, float_layers)
+                excluded = unit_nodes(onnx.load(str(prepared)), source, float_layers)
                 quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
                                  op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=excluded,
                                  extra_options={"MatMulConstBOnly": True})
@@ -160,8 +204,9 @@ def export_ort_dynamic(model: nn.Module, example: tuple[torch.Tensor, ...], name
             "quantizer": "onnxruntime quantize_dynamic (int8 weights, uint8 activations at run time)"}
 
 
-def _dynamic_float_nodes(proto: onnx.ModelProto, model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
-    """The MatMul/Gemm nodes of the plan's float linears, found by their weight's name. The exporter
+def unit_nodes(proto: onnx.ModelProto, model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
+    """The MatMul/Gemm nodes of the linears inside these units (a plan's float layers, a recipe's
+    hybrid layers), found by their weight's name. The exporter
     and quant_pre_process may fold a weight's transpose into a new constant (val_N), losing the name:
     then the plan cannot be applied here, and that is said rather than ignored."""
     from edgeq.quantize.dynamic import float_linears
@@ -174,8 +219,8 @@ def _dynamic_float_nodes(proto: onnx.ModelProto, model: nn.Module, float_layers:
     missing = sorted(wanted - found)
     if missing:
         raise EdgeqError(f"the ONNX graph no longer names the weight of {missing[0]} (the exporter folded it into "
-                         "a constant), so onnxruntime's dynamic flow cannot keep it float: leave .onnx out with "
-                         "--formats, or let the layer be int8")
+                         "a constant), so onnxruntime's flow cannot single it out: leave .onnx out with "
+                         "--formats, or quantize the layer like the rest")
     # quantize_dynamic rewrites each Gemm as MatMul + Add first, naming the MatMul NAME_MatMul
     return nodes + [f"{n.name}_MatMul" for n in proto.graph.node if n.name in nodes and n.op_type == "Gemm"]
 
@@ -187,7 +232,10 @@ def _check_model(proto: onnx.ModelProto) -> None:
         raise EdgeqError(f"the exported ONNX model fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
-def _checked(proto: onnx.ModelProto, quantized: bool, float_layers: tuple[str, ...] = ()) -> dict[str, Any]:
+def _checked(proto: onnx.ModelProto, quantized: bool, float_layers: tuple[str, ...] = (),
+             planned: list[str] | None = None) -> dict[str, Any]:
+    """onnx.checker, and every weighted node of an int8 graph fed by a DequantizeLinear but the
+    float layers' (or the `planned` nodes: float, or quantized dynamically)."""
     _check_model(proto)
     counts = Counter(node.op_type for node in proto.graph.node)
     details: dict[str, Any] = {"stripped": "per-node debug metadata", "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
@@ -195,7 +243,7 @@ def _checked(proto: onnx.ModelProto, quantized: bool, float_layers: tuple[str, .
                                "dequantize_linear": counts["DequantizeLinear"],
                                "ops": dict(sorted(counts.items()))}
     if quantized:
-        planned = set(onnx_float_nodes(proto, frozenset(float_layers)))
+        planned = set(onnx_float_nodes(proto, frozenset(float_layers)) if planned is None else planned)
         float_weighted = [n for n in unquantized_weighted_nodes(proto) if n.split(" ", 1)[1] not in planned]
         if planned:
             details["float_nodes"] = sorted(planned)
@@ -233,6 +281,49 @@ def float_inputs(proto: onnx.ModelProto, float_nodes: list[str]) -> int:
     for n in [n for n in proto.graph.node if n.op_type == "QuantizeLinear" and users.get(n.output[0]) == 0]:
         proto.graph.node.remove(n)
     return changed
+
+
+def gemms_as_matmuls(proto: onnx.ModelProto) -> int:
+    """Rewrite (in place) each Gemm of a weight initializer as MatMul (+ Add of the bias), the weight
+    stored transposed once; the MatMul keeps the Gemm's name (a plan finds it by name). onnxruntime's
+    quantizers otherwise transpose a Gemm's weight at each use: an unrolled recurrent layer uses its
+    weights at every step, and quantize_static wrote one Transpose per use under one output name
+    (not SSA, refused by onnx.checker); quantize_dynamic's own rewrite takes every Gemm, those
+    another quantizer made int8 too. Returns how many were rewritten."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    uses: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            uses.setdefault(name, []).append(node)
+
+    def plain(node: onnx.NodeProto) -> bool:
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        return node.op_type == "Gemm" and a.get("transA", 0) == 0 and a.get("alpha", 1.0) == 1.0 \
+            and a.get("beta", 1.0) == 1.0 and len(node.input) > 1 and node.input[1] in inits
+
+    def trans_b(node: onnx.NodeProto) -> int:
+        return next((helper.get_attribute_value(x) for x in node.attribute if x.name == "transB"), 0)
+
+    nodes, done, transposed = [], 0, set()
+    for node in proto.graph.node:
+        weight = node.input[1] if len(node.input) > 1 else ""
+        users = uses.get(weight, [])
+        if not plain(node) or not all(plain(u) and trans_b(u) == trans_b(node) for u in users):
+            nodes.append(node)
+            continue
+        if trans_b(node) and weight not in transposed:
+            array = numpy_helper.to_array(inits[weight]).T.copy()
+            inits[weight].CopyFrom(numpy_helper.from_array(array, weight))
+            transposed.add(weight)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{node.output[0]}_matmul" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}_bias"))
+        done += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return done
 
 
 def name_batch_dimension(proto: onnx.ModelProto) -> onnx.ModelProto:

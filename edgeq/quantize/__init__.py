@@ -75,7 +75,7 @@ def export_graph(model: nn.Module, spec: tuple[int, ...] | Example, dynamic_batc
         raise export_failure("torch.export", e, None) from None
 
 
-def quantizer_for(fmt: str, backend: str, method: str = "static") -> str:
+def quantizer_for(fmt: str, backend: str, method: str = "static", tensors: bool = False) -> str:
     """Which quantization flow feeds a format: "fx" for .ptl, else a PT2E quantizer, or "ort".
     XNNPACK is ExecuTorch's CPU delegate on ARM and x86 alike, and it cannot compile the x86
     quantizer's patterns (XNNCompiler fails at load), so .pte always uses the XNNPACK quantizer.
@@ -84,8 +84,9 @@ def quantizer_for(fmt: str, backend: str, method: str = "static") -> str:
     where the PT2E x86 graph (conv+add fused for inductor, int8 ReLU6 clips) leaves float convs and
     layout transposes. On MobileNetV2 on an AVX-512 VNNI host: 1.8 ms against 2.8 ms, fp32 4.6 ms
     (bench/). QAT has no onnxruntime flow: it stays on PT2E x86. Dynamic int8 (edgeq.quantize.dynamic):
-    PT2E XNNPACK for .pte, onnxruntime's quantize_dynamic for .onnx, torch.ao's eager modules for .ptl."""
-    if method == "dynamic":
+    PT2E XNNPACK for .pte, onnxruntime's quantize_dynamic for .onnx, torch.ao's eager modules for .ptl;
+    static int8 of a model of tensors the same (edgeq.quantize.static_tensors)."""
+    if method == "dynamic" or tensors:
         return {"pte": "xnnpack", "onnx": "ort", "ptl": "eager"}[fmt]
     if fmt == "ptl":
         return "fx"

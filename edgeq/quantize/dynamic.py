@@ -100,6 +100,16 @@ def float_linears(model: nn.Module, float_layers: tuple[str, ...]) -> list[str]:
 
 
 def int8_layers(model: nn.Module) -> list[str]:
-    """The modules of an eager dynamic model that became int8 (an embedding: int8 storage)."""
-    return [name for name, m in model.named_modules()
-            if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") or type(m) is nnq.Embedding]
+    """The modules of an eager int8 model that became int8 (an embedding: int8 storage): dynamic, or
+    static inside a QuantWrapper (edgeq.quantize.static_tensors), named as the layer it wraps."""
+    from torch.ao.quantization import QuantWrapper
+
+    wrappers = {name for name, m in model.named_modules() if isinstance(m, QuantWrapper)}
+    found = []
+    for name, m in model.named_modules():
+        parent = name.rpartition(".")[0]
+        if isinstance(m, (nnq.Quantize, nnq.DeQuantize)) or not type(m).__module__.startswith("torch.ao.nn.quantized") \
+                or any(name.startswith(f + ".") for f in found):  # a layer's packed weights
+            continue
+        found.append(parent if parent in wrappers and name.endswith(".module") else name)
+    return found

@@ -131,16 +131,15 @@ def layer_errors(reference: nn.Module, quantized: GraphModule, images: np.ndarra
 
 
 @torch.no_grad()
-def unit_errors(model: nn.Module, backend: str, per_channel: bool, inputs: tuple[np.ndarray, ...],
+def unit_errors(model: nn.Module, int8: nn.Module, inputs: tuple[np.ndarray, ...],
                 float_layers: tuple[str, ...] = ()) -> LayerNumerics:
-    """SQNR of every unit's output (and input) of dynamic int8, in network order, on `inputs`."""
-    from edgeq.quantize.dynamic import quantize_dynamic_eager
+    """SQNR of every unit's output (and input) of an eager int8 model of tensors (dynamic, or static:
+    edgeq.quantize.static_tensors; recurrent layers split), in network order, on `inputs`."""
     from edgeq.quantize.output_budget import units
     from edgeq.quantize.recurrent import as_linear
 
     names = units(model)
     reference, _ = as_linear(model.eval(), recurrent=True, attention=True)
-    int8 = quantize_dynamic_eager(model, backend, per_channel, float_layers, split=True)
     sums: dict[tuple[str, str], list[float]] = {}  # (unit, "in"/"out") → [signal, noise]
     order: list[str] = []
 

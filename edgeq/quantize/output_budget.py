@@ -1,4 +1,4 @@
-"""Output budget for dynamic int8: which units to leave in float so that every output stays close to
+"""Output budget for dynamic (or static) int8 of a model of tensors: which units to leave in float so that every output stays close to
 the float model's: its mean cosine similarity over the check samples at least `--min-cosine`, or its
 SQNR at least `--min-sqnr` dB (the worst output decides). For models whose outputs are not class
 scores (an embedding, a probability, a recurrent state), where top-1 means nothing.
@@ -8,10 +8,10 @@ The unit is a layer, not a module: each layer (and direction) of a multi-layer L
 unnormalised features to the first layer of a stacked LSTM; quantizing that layer's input at run
 time wrecks it and only it, and the search finds it.
 
-Greedy, as the static search (edgeq.quantize.budget), without its cheap ranking: a dynamic model has
-few units and needs no calibration, so every candidate is quantized for real (torch.ao's eager flow,
-the .ptl's, which splits stacked recurrent layers and runs at eager speed) and scored on the check
-samples. Each step returns to float the unit that helps most; stop when the budget holds, at the
+Greedy, as the image models' search (edgeq.quantize.budget), without its cheap ranking: such a model
+has few units, so every candidate is quantized for real (torch.ao's eager flow, the .ptl's, which
+splits stacked recurrent layers and runs at eager speed; static int8 calibrates each) and scored on
+the check samples. Each step returns to float the unit that helps most; stop when the budget holds, at the
 layer limit, or when no unit helps. The plan applies to every format; the host check then holds each
 artifact, as its own runtime ran it, to the budget.
 """
@@ -29,7 +29,6 @@ from torch import nn
 from edgeq.config import BudgetConfig
 from edgeq.errors import EdgeqError, first_line
 from edgeq.manifest import FloatPlan, PlanStep
-from edgeq.quantize.dynamic import quantize_dynamic_eager
 from edgeq.quantize.embedding import tables
 from edgeq.quantize.recurrent import RECURRENT
 from edgeq.tensors import flat_outputs
@@ -61,10 +60,11 @@ def units(model: nn.Module) -> list[str]:
     return found + tables(model)
 
 
-def search(model: nn.Module, backend: str, per_channel: bool, inputs: tuple[np.ndarray, ...],
+def search(model: nn.Module, quantize: Callable[[tuple[str, ...]], nn.Module], inputs: tuple[np.ndarray, ...],
            expected: list[np.ndarray], names: tuple[str, ...], budget: BudgetConfig, bar: Progress) -> FloatPlan:
     """The float units that keep every output within `budget` (cosine or SQNR) on `inputs`, against
-    the float model's `expected` outputs (one array per output, samples first)."""
+    the float model's `expected` outputs (one array per output, samples first). `quantize(float_units)`:
+    the eager int8 model with those units float (dynamic, or static: edgeq.quantize.static_tensors)."""
     started = time.perf_counter()
     metric, minimum = budget.metric, budget.minimum
     assert metric in ("cosine", "sqnr") and minimum is not None, budget  # the config checks this first
@@ -73,8 +73,7 @@ def search(model: nn.Module, backend: str, per_channel: bool, inputs: tuple[np.n
     def score(float_layers: tuple[str, ...]) -> float:
         key = tuple(sorted(float_layers))
         if key not in scores:
-            scores[key] = _score(quantize_dynamic_eager(model, backend, per_channel, float_layers), inputs,
-                                 expected, names, metric)
+            scores[key] = _score(quantize(float_layers), inputs, expected, names, metric)
         return scores[key]
 
     candidates = units(model)

@@ -42,7 +42,7 @@ def test_x86_onnx_is_quantized_by_onnxruntime_and_fuses_into_integer_kernels(tmp
     images = fashion_mnist("train")
     calib = images.batch(Preprocess.default_for(m.input_shape, grayscale_stats=True), range(64))
     details = onnx.export_ort_quantized(m.module, m.input_shape, tmp_path / "q.onnx", calib, QuantRecipe(backend="x86"))
-    assert details["quantize_linear"] > 0 and details["calibration"] == "Entropy over 64 images"
+    assert details["quantize_linear"] > 0 and details["calibration"] == "Entropy over 64 samples"
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])

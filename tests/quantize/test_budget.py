@@ -148,18 +148,19 @@ def test_budget_options_that_contradict_are_refused(budget, message):
 
 
 def test_a_budget_needs_the_int8_it_budgets():
-    """Top-1 budgets search static int8; output budgets (cosine, SQNR) search dynamic int8."""
+    """Top-1 budgets search static int8; output budgets (cosine, SQNR) search dynamic or static int8."""
     with pytest.raises(EdgeqError, match="budget static int8: use --method static"):
         ExportConfig(method="qat", budget=BudgetConfig(max_agreement_drop=1.0))
     with pytest.raises(EdgeqError, match="budget static int8: use --method static"):
         ExportConfig(method="dynamic", budget=BudgetConfig(max_accuracy_drop=1.0))
-    with pytest.raises(EdgeqError, match="budget dynamic int8"):
-        ExportConfig(method="static", budget=BudgetConfig(min_sqnr=30.0))
+    with pytest.raises(EdgeqError, match="budget dynamic or static int8 of a model of tensors"):
+        ExportConfig(method="qat", budget=BudgetConfig(min_sqnr=30.0))
     with pytest.raises(EdgeqError, match="put int8 in --precisions"):
         ExportConfig(precisions=("fp32",), budget=BudgetConfig(max_agreement_drop=1.0))
     with pytest.raises(EdgeqError, match="--plan chooses float layers of static or dynamic int8"):
         ExportConfig(method="qat", budget=BudgetConfig(plan="plan.json"))
     ExportConfig(method="dynamic", budget=BudgetConfig(min_cosine=0.99))  # and these are fine
+    ExportConfig(method="static", budget=BudgetConfig(min_sqnr=30.0))  # a model of tensors' static int8
     ExportConfig(method="dynamic", budget=BudgetConfig(plan="plan.json"))
 
 

@@ -200,7 +200,7 @@ def test_onnxruntime_flow_uses_the_recipes_calibrator(tmp_path):
     for method, name in (("minmax", "MinMax"), ("percentile", "Percentile"), ("histogram", "Entropy")):
         details = export_ort_quantized(model, SHAPE, tmp_path / f"{method}.onnx", calib,
                                        QuantRecipe(backend="x86", calibration=method))
-        assert details["calibration"] == f"{name} over 8 images"
+        assert details["calibration"] == f"{name} over 8 samples"
 
 
 def test_adaround_learns_better_rounding_than_nearest_on_real_weights():
