@@ -7,6 +7,9 @@ import platform
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from conftest import assert_user_error, run_cli
 from edgeq.farm import _groups, default_targets
 from edgeq.runner import cpu_model, int8_products_saturate
@@ -43,6 +46,29 @@ def test_farm_passes_then_the_gate_fails_it(builtin_export, tmp_path):
     assert not farm["passed"] and farm["targets"][0]["exit_code"] == 1
     assert set(farm["targets"][0]["failed"]) == {"int8 .pte", "int8 .onnx", "int8 .ptl"}, line
     assert "✗ FAILED" in (out / "farm.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_farm_takes_a_model_of_tensors(tmp_path, emulated_target):
+    """Named inputs and outputs through the matrix: static int8 of the Tagger (token ids and a mask
+    in, a dict of two outputs), exported once per backend and validated on each target."""
+    from tests.tensor_models import tagger_data
+
+    np.savez(tmp_path / "sentences.npz", **tagger_data(48))
+    out = tmp_path / "farm"
+    result = run_cli("farm", "--targets", "arm64,x86_64", "--out", str(out), "--runs", "2", "-q", "--",
+                     "--model", f"{ROOT / 'tests' / 'tensor_models.py'}:tagger", "--method", "static",
+                     "--calib-data", str(tmp_path / "sentences.npz"), "--precisions", "int8", "--formats", "onnx,ptl")
+    assert result.exit_code == 0, result.output[-3000:]
+    farm = json.loads((out / "farm.json").read_text())
+    assert farm["passed"] and [t["exported_for"] for t in farm["targets"]] == ["arm64", "x86_64"], farm
+    for target in ("arm64", "x86_64"):
+        manifest = json.loads((out / target / "manifest.json").read_text())
+        assert manifest["method"] == "static" and manifest["model"]["outputs"] == ["tags", "pooled"]
+        for a in manifest["artifacts"]:
+            ran = a["targets"][target]
+            assert ran["passed"] and [o["name"] for o in ran["check"]["outputs"]] == ["tags", "pooled"], ran
 
 
 def test_bad_farm_input_is_one_line(tmp_path):

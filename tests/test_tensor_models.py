@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import edgeq
 from edgeq import runner
@@ -341,3 +342,39 @@ def test_static_int8_output_budget_finds_the_damaging_layer(tmp_path):
     assert plan["float_layers"] == ["lstm.layers.0"] and plan["met"] and plan["int8_score"] < 0.5, plan
     for a in json.loads(result.stdout)["artifacts"]:
         assert a["host_check"]["passed"] and a["details"]["float_layers"] == ["lstm.layers.0"], a
+
+
+class _StateHead(torch.nn.Module):
+    """Silero VAD's shape in small: a state that is an output and, through a ReLU and an unsqueeze,
+    a Conv1d's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.head = torch.nn.Linear(16, 32), torch.nn.Conv1d(32, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.cell(x)
+        return torch.sigmoid(self.head(torch.relu(h).unsqueeze(-1))).squeeze(-1), h
+
+    @staticmethod
+    def example_inputs() -> tuple[torch.Tensor]:
+        return (torch.zeros(1, 16),)
+
+
+def test_a_static_pte_whose_int8_state_is_unsqueezed_loads_and_matches_torch(tmp_path):
+    """Without edgeq.quantize.patterns.share_through_unsqueeze the unsqueeze sat between two int8
+    grids and ExecuTorch failed to load the program (error 0x1)."""
+    from edgeq.config import QuantRecipe
+    from edgeq.export import pte
+    from edgeq.quantize.static_tensors import quantize_pt2e
+
+    torch.manual_seed(0)
+    model = _StateHead().eval()
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    int8 = quantize_pt2e(model, model.example_inputs(), QuantRecipe(backend="qnnpack"), lambda: iter([(x,)]))
+    pte.export(int8, model.example_inputs(), tmp_path / "m.pte")
+    got = runner.load_batched("pte", str(tmp_path / "m.pte"))([x[:8]])  # batch 1: a call per sample
+    with torch.no_grad():
+        want = [t.numpy() for t in int8(torch.from_numpy(x[:8]))]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=0.02)

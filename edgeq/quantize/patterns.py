@@ -66,6 +66,33 @@ def observe_after_relu6(model: GraphModule) -> int:
     return moved
 
 
+_UNSQUEEZES = (torch.ops.aten.unsqueeze.default, torch.ops.aten.unsqueeze_copy.default)
+
+
+def share_through_unsqueeze(model: GraphModule) -> int:
+    """Give every unsqueeze of an int8 tensor its input's quantization parameters, as the stock
+    annotators do for squeeze, view and the other shape ops (propagate_annotation's list lacks
+    unsqueeze). Otherwise the unsqueeze sits between a DequantizeLinear of one grid and its consumer's
+    QuantizeLinear of another, XNNPACK's partitioner takes it as an int8 reshape anyway, and the
+    program fails to load (ExecuTorch 1.5.1: error 0x1; seen on Silero VAD, whose LSTM state goes
+    through a ReLU and an unsqueeze into a Conv1d). Run after propagate_annotation. Returns how many."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    key = "quantization_annotation"
+    shared = 0
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in _UNSQUEEZES or node.meta.get(key) is not None:
+            continue
+        producer = node.args[0]
+        annotation = producer.meta.get(key) if isinstance(producer, Node) else None
+        if annotation is None or annotation.output_qspec is None:
+            continue
+        spec = SharedQuantizationSpec(producer)
+        node.meta[key] = QuantizationAnnotation(input_qspec_map={producer: spec}, output_qspec=spec, _annotated=True)
+        shared += 1
+    return shared
+
+
 _PADS = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
 
 

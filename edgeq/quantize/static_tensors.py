@@ -30,6 +30,7 @@ from edgeq.errors import EdgeqError, first_line
 from edgeq.quantize import Example, export_graph, pt2e_quantizer, quiet
 from edgeq.quantize import embedding
 from edgeq.quantize.dynamic import float_linears
+from edgeq.quantize.patterns import share_through_unsqueeze
 from edgeq.quantize.recurrent import as_linear
 from edgeq.runner import quantized_engine
 
@@ -72,6 +73,14 @@ def quantize_pt2e(model: nn.Module, example: Example, recipe: QuantRecipe, calib
         weighted_layers(linear, recipe.float_layers))))
     for name in dynamic:
         quantizer.set_module_name(name, get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    annotate = quantizer.annotate
+
+    def annotate_and_share(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        model = annotate(model)
+        share_through_unsqueeze(model)
+        return model
+
+    quantizer.annotate = annotate_and_share
     graph = export_graph(linear, example, dynamic_batch=True).module()
     with quiet(), fast_pattern_rewrites():
         prepared = prepare_pt2e(graph, quantizer)
