@@ -76,21 +76,7 @@ def share_through_unsqueeze(model: GraphModule) -> int:
     QuantizeLinear of another, XNNPACK's partitioner takes it as an int8 reshape anyway, and the
     program fails to load (ExecuTorch 1.5.1: error 0x1; seen on Silero VAD, whose LSTM state goes
     through a ReLU and an unsqueeze into a Conv1d). Run after propagate_annotation. Returns how many."""
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
-
-    key = "quantization_annotation"
-    shared = 0
-    for node in model.graph.nodes:
-        if node.op != "call_function" or node.target not in _UNSQUEEZES or node.meta.get(key) is not None:
-            continue
-        producer = node.args[0]
-        annotation = producer.meta.get(key) if isinstance(producer, Node) else None
-        if annotation is None or annotation.output_qspec is None:
-            continue
-        spec = SharedQuantizationSpec(producer)
-        node.meta[key] = QuantizationAnnotation(input_qspec_map={producer: spec}, output_qspec=spec, _annotated=True)
-        shared += 1
-    return shared
+    return _share_input_grid(model, _UNSQUEEZES, lambda node: True)
 
 
 _PADS = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
@@ -102,16 +88,22 @@ def quantize_pads_before_float(model: GraphModule, is_quantized: Callable[[Node]
     pad that reads a dequantized tensor, assuming its consumer is int8: a float conv after it then
     fails to lower ("Weight and Input should both be quantized"). A pad quantized here leaves a Q
     after itself and the pass alone. Returns how many pads were annotated."""
+    return _share_input_grid(model, _PADS, lambda node: not all(is_quantized(u) for u in node.users))
+
+
+def _share_input_grid(model: GraphModule, targets: tuple, wanted: Callable[[Node], bool]) -> int:
+    """Annotate each not yet annotated call of `targets` whose input is annotated int8, and that is
+    `wanted`, to share that input's quantization parameters in and out. Returns how many."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
     key = "quantization_annotation"
     done = 0
     for node in model.graph.nodes:
-        if node.op != "call_function" or node.target not in _PADS or node.meta.get(key) is not None:
+        if node.op != "call_function" or node.target not in targets or node.meta.get(key) is not None:
             continue
         producer = node.args[0]
         annotation = producer.meta.get(key) if isinstance(producer, Node) else None
-        if annotation is None or annotation.output_qspec is None or all(is_quantized(u) for u in node.users):
+        if annotation is None or annotation.output_qspec is None or not wanted(node):
             continue
         shared = SharedQuantizationSpec(producer)
         node.meta[key] = QuantizationAnnotation(input_qspec_map={producer: shared}, output_qspec=shared,
@@ -138,7 +130,7 @@ def xnnpack_quantizer(per_channel: bool, qat: bool, calibration: tuple[str, floa
             if not any("batch_norm" in str(n.target) for n in model.graph.nodes):
                 # BN folded already (edgeq.quantize.fold): matching the conv+BN patterns would cost
                 # a dozen torch.export traces of pattern graphs, most of a small model's prepare.
-                self.SUPPORTED_PATTERNS = [p for p in type(self).SUPPORTED_PATTERNS if "_bn" not in p.name]
+                self.SUPPORTED_PATTERNS = [p for p in self.SUPPORTED_PATTERNS if "_bn" not in p.name]
             model = self._annotate_for_quantization_config(model)
             observe_after_relu6(model)
             propagate_annotation(model)
