@@ -272,8 +272,9 @@ def main(names: list[str], count: bool) -> None:
             for r in m["rows"]:
                 if (m["model"], r["artifact"]) in counted:
                     r[key] = counted[m["model"], r["artifact"]]
-    kept = [m for m in previous["models"] if not any(m["model"] == n["model"] for n in models)]
-    results = {"machine": runner.cpu_model()[0], "threads": 1, "runs": RUNS, "models": kept + models}
+    fresh = {m["model"]: m for m in models}  # in place of the last run's, in its order
+    merged = [fresh.pop(m["model"], m) for m in previous["models"]] + list(fresh.values())
+    results = {"machine": runner.cpu_model()[0], "threads": 1, "runs": RUNS, "models": merged}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {RESULTS}")

@@ -42,6 +42,21 @@ class OutputCheck:
 
 
 @dataclass
+class LengthCheck:
+    """A model with a dynamic length, run at another length than its check data's: the first check
+    samples cut or repeated to it (edgeq.tensors.Signature.at_length), every output against the float
+    model's at that length, judged by its noise and direction (validate.judge without class scores)."""
+
+    length: int
+    samples: int
+    sqnr_db: float | None  # the worst output's; None: bit-identical, or it did not run
+    cosine_min: float | None  # the worst output's
+    passed: bool | None  # None: not judged here (see the host check's gates)
+    error: str | None = field(default=None, metadata=OMIT)  # the runtime refused this length
+    same_as_host: bool | None = field(default=None, metadata=OMIT)  # on a target: its outputs within the host's tolerance
+
+
+@dataclass
 class HostCheck:
     """The artifact run by its own runtime on the host, against the float PyTorch model. For a model
     of any tensors, `outputs` holds each output's figures, and the top-level ones are the worst of
@@ -56,6 +71,7 @@ class HostCheck:
     gates: list[str] = field(default_factory=list)  # the conditions checked, e.g. "top1_agreement >= 0.97"
     nonfinite_outputs: int = field(default=0, metadata=OMIT)  # NaN or ±inf outputs (the artifact then fails)
     outputs: list[OutputCheck] = field(default_factory=list, metadata=OMIT)
+    lengths: list[LengthCheck] = field(default_factory=list, metadata=OMIT)  # other lengths of a dynamic axis
 
 
 @dataclass
@@ -105,6 +121,7 @@ class TargetRun:
     check: HostCheck | None = field(default=None, metadata=OMIT)  # against the float model, on these inputs
     host_parity: Parity | None = field(default=None, metadata=OMIT)  # against the host's outputs
     gates: list[str] = field(default_factory=list, metadata=OMIT)  # what `passed` required
+    lengths: list[LengthCheck] = field(default_factory=list, metadata=OMIT)  # other lengths of a dynamic axis
     instructions_per_inference: int | None = field(default=None, metadata=OMIT)
     instructions_counted_over: int | None = field(default=None, metadata=OMIT)
 
@@ -132,6 +149,7 @@ class Reference:
     bytes: int
     sha256: str
     host_outputs: bool = field(default=False, metadata=OMIT)  # each artifact's host outputs (host_<precision>_<fmt>)
+    lengths: list[int] = field(default_factory=list, metadata=OMIT)  # other lengths of a dynamic axis (at<L>.* arrays)
 
 
 @dataclass

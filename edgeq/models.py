@@ -24,7 +24,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
 from edgeq.errors import EdgeqError, first_line
-from edgeq.tensors import Signature, output_names, signature_of
+from edgeq.tensors import Example, Signature, output_names, signature_of
 
 BUILTIN = "builtin:fashion-mobilenet"
 BUILTIN_WEIGHTS = Path(__file__).parent / "builtin" / "fashion_mobilenet.pt"
@@ -45,7 +45,7 @@ class LoadedModel:
     weights_sha256: str | None
     num_classes: int | None  # image models: the classes its logits score
     builtin: bool = False
-    example: tuple[torch.Tensor, ...] | None = None  # tensor models: example_inputs(), batch 1
+    example: Example | None = None  # tensor models: example_inputs(), batch 1, and the dynamic length
     signature: Signature | None = None  # tensor models
 
     @property
@@ -235,7 +235,7 @@ def load_weights(module: nn.Module, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_example_inputs(module: nn.Module, source: str) -> tuple[tuple[torch.Tensor, ...], Signature]:
+def check_example_inputs(module: nn.Module, source: str) -> tuple[Example, Signature]:
     """The factory module's example_inputs() (and its optional `dynamic_axes`, {parameter: {axis:
     largest}}), run once through the model: its signature, outputs included."""
     try:
@@ -250,7 +250,8 @@ def check_example_inputs(module: nn.Module, source: str) -> tuple[tuple[torch.Te
     except Exception as e:  # noqa: BLE001 - the user's model
         raise EdgeqError(f"{source} failed on its own example_inputs() ({type(e).__name__}: {first_line(e)}): "
                          "fix the model or example_inputs()") from None
-    return example, Signature(signature.inputs, output_names(out, source))
+    return Example(example, tuple(s.dynamic for s in signature.inputs)), \
+        Signature(signature.inputs, output_names(out, source))
 
 
 def check_input_shape(module: nn.Module, shape: tuple[int, ...], source: str) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from rich.progress import Progress
 
 from edgeq import procs, qat, report, runner, schema
@@ -45,7 +46,7 @@ from edgeq.quantize.recurrent import as_linear
 from edgeq.quantize.weights import ready_for_int8
 from edgeq.targets import Target, load_target
 from edgeq.tensors import TensorSet, flat_outputs, open_npz
-from edgeq.validate import budget_gate, compare, host_key, judge, measure_outputs, validate
+from edgeq.validate import budget_gate, compare, host_key, judge, length_check, measure_outputs, validate
 
 LIBRARIES = ("torch", "torchvision", "torchao", "executorch", "onnx", "onnxscript", "onnxruntime", "numpy")
 DEFAULT_HELD_OUT = 200  # held-out calibration images checked when there is no eval data
@@ -66,6 +67,7 @@ LAYER_NUMERICS_IMAGES = 16  # held-out images: enough to rank layers
 SEARCH_BYTES = 512 << 20  # check images an accuracy-budget search scores candidates on, at most
 EXPORT_PROCESSES = 2  # forked workers for the exports and the host check (lowering is single-threaded Python)
 CHECK_CHUNK = 256  # images preprocessed at a time during checks (bounds memory at 224×224)
+LENGTH_SAMPLES = 8  # check samples run again at each other length of a dynamic axis, here and on targets
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
 
     loaded = load_model(config.model, config.weights, config.input_shape)
     if loaded.signature is not None:
-        _check_tensor_export(config, loaded.source)
+        _check_tensor_export(config, loaded)
     if recipe.dynamic_layers and (loaded.signature is None or config.method != "static"):
         raise EdgeqError("--dynamic-layers makes static int8 of a model of tensors (example_inputs()) hybrid: pass "
                          "it with --method static on such a model, or drop it")
@@ -188,8 +190,9 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
             t0 = time.perf_counter()
             float_accuracy, float_outputs, host_outputs = _host_check(job, check, artifacts, stage,
                                                                       prepared.float_outputs)
+            at_lengths = _length_check(job, check, artifacts, stage)
             job.timings["host_check"] = time.perf_counter() - t0
-            reference = _write_reference(stage, job, check, float_outputs, host_outputs)
+            reference = _write_reference(stage, job, check, float_outputs, host_outputs, at_lengths)
             job.timings["total"] = time.perf_counter() - started
             classes = next((s.classes for s in (eval_set, prepared.labelled) if isinstance(s, ImageSet)
                             and _labels_fit(s, loaded.num_classes)), None)
@@ -217,11 +220,19 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
     return manifest
 
 
-def _check_tensor_export(config: ExportConfig, source: str) -> None:
+def _check_tensor_export(config: ExportConfig, loaded: LoadedModel) -> None:
     """What a model of any tensors (example_inputs()) can be exported with today."""
+    source = loaded.source
     if config.method == "qat" and "int8" in config.precisions:
         raise EdgeqError(f"{source} takes tensors (example_inputs()); QAT trains image classifiers: pass --method "
                          "static or dynamic, or --precisions fp32")
+    recurrent = next((name for name, m in loaded.module.named_modules() if isinstance(m, nn.RNNBase)), None)
+    if recurrent is not None and loaded.signature.max_length and "int8" in config.precisions:
+        # int8 writes a recurrent layer as its steps (edgeq.quantize.recurrent): as many as the length
+        raise EdgeqError(f"{source}: {recurrent} ({type(loaded.module.get_submodule(recurrent)).__name__}) runs over "
+                         "the model's dynamic length, and int8 writes recurrent layers one step at a time, a fixed "
+                         "number of steps: drop dynamic_axes, or export a step model (one cell call, state in and "
+                         "out) and loop over it on the device")
 
 
 def _open_data(source: str, option: str, loaded: LoadedModel, split: str) -> ImageSet | TensorSet:
@@ -643,8 +654,6 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Pat
     where the format allows, see runner.load); compare with the float model (its `float_outputs`
     where a stage ran it already). Returns the float model's accuracy and outputs, and each
     artifact's outputs (a list: one array per output)."""
-    # A target of another architecture runs other integer kernels than this host's: check what the
-    # artifact says (onnxruntime's QDQ as written); the target proves its kernels match (validate).
     host_kernels = job.target.arch == platform.machine()
     for a in artifacts:
         if a.format == "onnx" and a.precision == "int8":
@@ -667,9 +676,7 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Pat
         # second thread made the lite interpreter 10-40× slower (seen: 0.35 → 3.9 ms an image at batch 32).
         torch.set_num_threads(1)
         if not runners:
-            runners.update({a.key: runner.load_batched(a.format, str(stage / a.path), engine=job.recipe.backend,
-                                                       threads=1, host_kernels=host_kernels or a.precision == "fp32")
-                            for a in artifacts})
+            runners.update({a.key: _host_runner(job, stage, a) for a in artifacts})
         x = check.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
         if float_outputs is not None:
             expected = [y[start:start + CHECK_CHUNK] for y in float_outputs]
@@ -714,13 +721,70 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Pat
     return float_accuracy, ref, host
 
 
+def _host_runner(job: Job, stage: Path, a: Artifact) -> runner.Batched:
+    """An artifact in its own runtime here, one thread. A target of another architecture runs other
+    integer kernels than this host's: its int8 .onnx runs as written (QDQ); the target proves its
+    kernels match (validate)."""
+    return runner.load_batched(a.format, str(stage / a.path), engine=job.recipe.backend, threads=1,
+                               host_kernels=job.target.arch == platform.machine() or a.precision == "fp32")
+
+
+AtLength = tuple[tuple[np.ndarray, ...], list[np.ndarray], dict[str, list[np.ndarray]]]  # inputs, float, artifacts'
+
+
+def _length_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Path) -> dict[int, AtLength]:
+    """A model with a dynamic length: every artifact also at the shortest length and at the bound, on
+    the first check samples cut or repeated to it, against the float model at that length (each
+    output by its noise and direction, validate.length_check). The artifact fails where one fails
+    or its runtime refuses the length. Returns, per length, the inputs, the float model's outputs and
+    each artifact's, for reference.npz."""
+    signature = job.loaded.signature
+    if signature is None or not signature.max_length:
+        return {}
+    x = check.batch(job.preprocess, check.indices[:LENGTH_SAMPLES])
+    lengths = signature.lengths_checked(signature.data_length(x))
+    task = job.bar.add_task(f"checking lengths {', '.join(map(str, lengths))}", total=len(lengths) * len(artifacts))
+    threads = torch.get_num_threads()
+    runners = {a.key: _host_runner(job, stage, a) for a in artifacts}  # the lite interpreter sets 1 thread
+    found: dict[int, AtLength] = {}
+    for length in lengths:
+        inputs = signature.at_length(x, length)
+        try:
+            with torch.no_grad():
+                expected = [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, inputs)))]
+        except Exception as e:  # noqa: BLE001 - the user's model, at a length its dynamic_axes allow
+            raise EdgeqError(f"{job.loaded.source} failed at length {length}, which its dynamic_axes allow "
+                             f"({type(e).__name__}: {first_line(e)}): fix the model or lower the bound") from None
+        found[length] = (inputs, expected, {})
+        for a in artifacts:
+            try:
+                outputs = runners[a.key](list(inputs))
+            except Exception as e:  # noqa: BLE001 - the runtime refused the length: the artifact's failure
+                outputs, error = None, f"{type(e).__name__}: {first_line(e)}"[:300]
+            else:
+                found[length][2][a.key], error = outputs, None
+            at, gates = length_check(length, signature.outputs, expected, outputs, error, a.precision,
+                                     job.target.thresholds, job.config.method)
+            a.host_check.lengths.append(at)
+            if a.host_check.passed is not None:  # None: not judged on this host (see _host_check)
+                a.host_check.passed = a.host_check.passed and bool(at.passed)
+                a.host_check.gates.append(gates)
+            else:
+                at.passed = None
+            job.bar.advance(task)
+    job.bar.remove_task(task)
+    torch.set_num_threads(threads)
+    return found
+
+
 def _write_reference(stage: Path, job: Job, check: CheckSet, float_outputs: list[np.ndarray],
-                     host_outputs: dict[str, list[np.ndarray]]) -> Reference:
+                     host_outputs: dict[str, list[np.ndarray]], at_lengths: dict[int, AtLength]) -> Reference:
     """A few held-out inputs (one per class first) with the float model's outputs, each artifact's
     outputs on the host, and labels: what `edgeq validate` runs on the target and compares against,
     with no model or data needed there. An image model's arrays are inputs, outputs and
     host_<precision>_<format>; a model of any tensors has one array per input and output, named
-    input.NAME, output.NAME and host_<precision>_<format>.NAME."""
+    input.NAME, output.NAME and host_<precision>_<format>.NAME; at another length of its dynamic axis,
+    the same prefixed at<length>. (the artifacts that ran at it)."""
     signature = job.loaded.signature
     n = min(REFERENCE_SAMPLES, check.within(job.preprocess, REFERENCE_BYTES))
     picked = one_per_class_first(check.labels, len(check.indices), n)
@@ -735,12 +799,17 @@ def _write_reference(stage: Path, job: Job, check: CheckSet, float_outputs: list
                        for name, y in zip(signature.outputs, outputs)})
     if check.labels is not None:
         arrays["labels"] = check.labels[picked]
+    for length, (x, expected, outputs) in at_lengths.items():
+        arrays.update({f"at{length}.input.{name}": a for name, a in zip(signature.names, x)})
+        arrays.update({f"at{length}.output.{name}": y for name, y in zip(signature.outputs, expected)})
+        arrays.update({f"at{length}.{host_key(key)}.{name}": y for key, ys in outputs.items()
+                       for name, y in zip(signature.outputs, ys)})
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = stage / REFERENCE
     write_atomic(path, buffer.getvalue())
     return Reference(path=REFERENCE, samples=n, labels=check.labels is not None, bytes=path.stat().st_size,
-                     sha256=sha256_file(path), host_outputs=True)
+                     sha256=sha256_file(path), host_outputs=True, lengths=list(at_lengths))
 
 
 def _labels_fit(images: ImageSet | TensorSet, num_classes: int | None) -> bool:

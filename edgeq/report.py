@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.manifest import REPORTS, FloatPlan, LayerError, LayerNumerics, Manifest, WeightSteps, write_atomic
+from edgeq.manifest import (REPORTS, FloatPlan, LayerError, LayerNumerics, LengthCheck, Manifest, WeightSteps,
+                            write_atomic)
 
 REPORT_MD, REPORT_HTML = REPORTS
 DASH = "–"
@@ -89,6 +90,13 @@ def notes(m: Manifest) -> list[str]:
                     f"{o.name} {_db(o.sqnr_db)}{'' if o.sqnr_db is None else ' dB'}, cos "
                     f"{_num(o.cosine_mean)}/{_num(o.cosine_min)}"
                     for o in a.host_check.outputs))
+    lengths = [a for a in m.artifacts if a.host_check and a.host_check.lengths]
+    if lengths:
+        lines.append("At other lengths of the dynamic axis (the first check samples cut or repeated to it; the "
+                     "worst output's SQNR and min cosine" + (", then each target's" if _targets(m) else "") + "):")
+        for a in lengths:
+            runs = [("host", a.host_check.lengths), *((t, r.lengths) for t, r in a.targets.items() if r.lengths)]
+            lines.append(f"{a.key}: " + "; ".join(f"{where} " + ", ".join(map(_length, checks)) for where, checks in runs))
     steps = m.weight_steps
     if steps is not None:
         lines.append(_weight_steps_note(steps))
@@ -426,6 +434,12 @@ def _size(n: int) -> str:
 
 def _num(x: float | None) -> str:
     return DASH if x is None else f"{x:.4f}"
+
+
+def _length(at: LengthCheck) -> str:
+    verdict = "failed" if at.passed is False else "ok" if at.passed else "unjudged"
+    figures = at.error or f"{_db(at.sqnr_db)}{'' if at.sqnr_db is None else ' dB'}, cos {_num(at.cosine_min)}"
+    return f"{at.length} {verdict} ({figures})"
 
 
 def _cosine(outputs: list) -> str:

@@ -48,6 +48,55 @@ class Signature:
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.inputs)
 
+    @property
+    def max_length(self) -> int | None:
+        """The bound of the model's one dynamic length (an axis of one or more inputs), if it has one."""
+        return next((bound for s in self.inputs for bound in s.dynamic.values()), None)
+
+    def lengths_checked(self, data_length: int) -> list[int]:
+        """The lengths a check runs besides the data's own: the shortest, and the bound."""
+        return sorted({1, self.max_length} - {data_length}) if self.max_length else []
+
+    def data_length(self, arrays: tuple[np.ndarray, ...]) -> int:
+        """The dynamic length of a batch of inputs (batch first)."""
+        return next(a.shape[axis] for a, s in zip(arrays, self.inputs) for axis in s.dynamic)
+
+    def at_length(self, arrays: tuple[np.ndarray, ...], length: int) -> tuple[np.ndarray, ...]:
+        """The inputs with every dynamic axis cut to `length`, or repeated to it (a longer input made of
+        the same data: a sentence said again, audio looped)."""
+        out = []
+        for a, spec in zip(arrays, self.inputs):
+            for axis in spec.dynamic:
+                a = np.take(a, np.arange(length) % a.shape[axis], axis=axis)
+            out.append(np.ascontiguousarray(a))
+        return tuple(out)
+
+
+class Example(tuple):
+    """A model's example inputs (tensors, batch 1), what every exporter traces at, with the axes that
+    may vary: `lengths[i]` maps input i's dynamic axes to their bound (one length shared by all)."""
+
+    lengths: tuple[dict[int, int], ...]
+
+    def __new__(cls, tensors: Any, lengths: tuple[dict[int, int], ...] = ()) -> "Example":
+        example = super().__new__(cls, tensors)
+        example.lengths = lengths
+        return example
+
+    @property
+    def max_length(self) -> int | None:
+        return next((bound for axes in self.lengths for bound in axes.values()), None)
+
+    def dynamic_shapes(self, batch: Any = None) -> tuple[dict[int, Any], ...] | None:
+        """torch.export's dynamic_shapes: the one bounded length (torch.export.Dim "length", from 1), and
+        `batch` (a Dim) on axis 0 of every input when given."""
+        if self.max_length is None and batch is None:
+            return None
+        length = torch.export.Dim("length", min=1, max=self.max_length) if self.max_length else None
+        lengths = self.lengths or tuple({} for _ in self)
+        return tuple({**({0: batch} if batch is not None else {}), **{axis: length for axis in axes}}
+                     for axes in lengths)
+
 
 def output_names(out: Any, source: str) -> tuple[str, ...]:
     """The names of a model's outputs, in the order every format returns them (torch's pytree order):
@@ -119,6 +168,13 @@ def signature_of(module: torch.nn.Module, example: Any, source: str,
                 raise EdgeqError(f"{source}: dynamic axis {axis} of {name} (shape {tuple(t.shape)}) needs "
                                  f"1 ≤ axis < {t.dim()} and a bound ≥ the example's {t.shape[axis] if 0 < axis < t.dim() else '?'}")
         specs.append(TensorSpec(name, str(t.numpy().dtype), tuple(t.shape), axes))
+    sizes = {(s.shape[axis], bound) for s in specs for axis, bound in s.dynamic.items()}
+    if len(sizes) > 1:  # one Dim for every axis: edgeq checks, cuts and repeats one length
+        raise EdgeqError(f"{source}: dynamic axes must be one length, the same size in the example and the same "
+                         f"bound everywhere; found {', '.join(f'{d} (≤{b})' for d, b in sorted(sizes))}: declare one")
+    if sizes and next(iter(sizes))[0] < 2:
+        raise EdgeqError(f"{source}: the example's dynamic length is 1, which torch.export fixes (it specialises "
+                         "sizes 0 and 1): give example_inputs() a length of 2 or more")
     return Signature(tuple(specs))
 
 

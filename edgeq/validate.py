@@ -23,8 +23,8 @@ from rich.progress import Progress
 from edgeq import procs, report, runner
 from edgeq.config import ValidateConfig
 from edgeq.errors import EdgeqError
-from edgeq.manifest import (MANIFEST, Artifact, HostCheck, Latency, Manifest, OutputCheck, Parity, TargetRun,
-                            verify_file)
+from edgeq.manifest import (MANIFEST, Artifact, HostCheck, Latency, LengthCheck, Manifest, OutputCheck, Parity,
+                            TargetRun, verify_file)
 from edgeq.paths import remove_stale, scratch_prefix
 from edgeq.placement import Placement, measured, placement
 from edgeq.qemu import native
@@ -143,6 +143,21 @@ def judge(check: HostCheck, precision: str, thresholds: Thresholds, method: str,
     check.gates = list(gates)
     check.passed = all(gates.values())
     return check
+
+
+def length_check(length: int, names: tuple[str, ...], expected: list[np.ndarray], outputs: list[np.ndarray] | None,
+                 error: str | None, precision: str, thresholds: Thresholds, method: str) -> tuple[LengthCheck, str]:
+    """An artifact at another length of its model's dynamic axis (edgeq.pipeline._length_check): its
+    outputs against the float model's there, judged as outputs that are not class scores (a few
+    samples say nothing of top-1 agreement). Returns the record and the gate it was held to."""
+    samples = len(expected[0])
+    if outputs is None or [y.shape for y in outputs] != [e.shape for e in expected]:
+        return (LengthCheck(length, samples, None, None, False, error or "outputs of another number or shape"),
+                f"runs at length {length}")
+    check = judge(measure_outputs(names, expected, outputs, None), precision, thresholds, method, None)
+    worst = [o.cosine_min for o in check.outputs]
+    return (LengthCheck(length, samples, check.sqnr_db, None if None in worst else min(worst), check.passed),
+            f"at length {length} ({samples} samples): {', '.join(check.gates)}")
 
 
 def budget_gate(check: HostCheck, metric: str, max_drop: float | None, float_accuracy: float | None,
@@ -303,6 +318,10 @@ def validate(folder: str | Path, target: str | Path | None = None, options: Vali
         _run_all(artifacts, session, done)
         for a in own_figures:
             _on_target([a], session, done, inputs="_all")
+        for length in manifest.reference.lengths:
+            if progress:
+                progress.update(task, description=f"running every artifact at length {length} on {spec.name}")
+            _at_length(length, folder / manifest.reference.path, manifest, artifacts, session, results, limits)
         if options.count_instructions:
             for a in artifacts:
                 result = results[a.key]
@@ -319,23 +338,25 @@ def validate(folder: str | Path, target: str | Path | None = None, options: Vali
     return results
 
 
-def _reference(path: Path, manifest: Manifest, artifacts: list[Artifact]) -> tuple[
+def _reference(path: Path, manifest: Manifest, artifacts: list[Artifact], prefix: str = "") -> tuple[
         list[np.ndarray], list[np.ndarray], dict[str, list[np.ndarray]], np.ndarray | None]:
     """reference.npz as lists, one array per input and output (edgeq.pipeline._write_reference): the
-    inputs, the float model's outputs, each artifact's host outputs, and the labels."""
+    inputs, the float model's outputs, each artifact's host outputs, and the labels. `prefix`
+    "at<length>.": those at another length of the model's dynamic axis (the artifacts that ran there)."""
     inputs_, outputs_ = manifest.model.inputs, manifest.model.outputs
     with np.load(path, allow_pickle=False) as ref:
         if outputs_:  # a model of any tensors: "name: dtype[…]" inputs, named outputs
             names = [spec.split(":")[0] for spec in inputs_ or []]
-            keys = {"inputs": [f"input.{n}" for n in names], "outputs": [f"output.{o}" for o in outputs_],
-                    **{a.key: [f"{host_key(a.key)}.{o}" for o in outputs_] for a in artifacts}}
+            keys = {"inputs": [f"{prefix}input.{n}" for n in names], "outputs": [f"{prefix}output.{o}" for o in outputs_],
+                    **{a.key: [f"{prefix}{host_key(a.key)}.{o}" for o in outputs_] for a in artifacts
+                       if not prefix or f"{prefix}{host_key(a.key)}.{outputs_[0]}" in ref.files}}
         else:
             keys = {"inputs": ["inputs"], "outputs": ["outputs"], **{a.key: [host_key(a.key)] for a in artifacts}}
         missing = [k for names in keys.values() for k in names if k not in ref.files]
         if missing:
             raise EdgeqError(f"{path} lacks {', '.join(missing[:3])}: re-export")
         arrays = {what: [ref[k] for k in names] for what, names in keys.items()}
-        labels = ref["labels"] if "labels" in ref.files else None
+        labels = ref["labels"] if "labels" in ref.files and not prefix else None
     return arrays.pop("inputs"), arrays.pop("outputs"), arrays, labels
 
 
@@ -361,6 +382,34 @@ def _host_figures(a: Artifact, manifest: Manifest, limits: Thresholds) -> HostCh
     return check
 
 
+def _at_length(length: int, path: Path, manifest: Manifest, artifacts: list[Artifact], session: Session,
+               results: dict[str, TargetRun], limits: Thresholds) -> None:
+    """Every artifact run again at another length of the model's dynamic axis (reference.npz's
+    at<length>. inputs), judged on its own outputs there against the float model's (as on the host,
+    edgeq.pipeline._length_check), and compared with its host outputs at that length."""
+    inputs, expected, host, _ = _reference(path, manifest, artifacts, f"at{length}.")
+    n = session.options.samples or len(inputs[0])  # no more than asked for
+    inputs, expected, host = [x[:n] for x in inputs], [y[:n] for y in expected], \
+        {key: [y[:n] for y in ys] for key, ys in host.items()}
+    for i, x in enumerate(inputs):
+        np.save(session.work / f"input{i}_at{length}.npy", x)
+
+    def done(a: Artifact, run: TargetRun) -> None:
+        result = results[a.key]
+        outputs = None
+        if run.error is None and a.key in host:
+            outputs = _outputs(session.work / f"{_stem(a)}.out.npz", host[a.key])
+        at, gate = length_check(length, tuple(manifest.model.outputs), expected, outputs, run.error, a.precision,
+                                limits, manifest.method)
+        if outputs is not None:
+            at.same_as_host = parity_all(host[a.key], outputs, a.precision).passed
+        result.lengths.append(at)
+        result.passed = result.passed and bool(at.passed)
+        result.gates.append(gate)
+
+    _run_all(artifacts, session, done, inputs=f"_at{length}", runs=0)
+
+
 # Runtimes whose imports one runner process shares: ExecuTorch's pybindings and the lite interpreter
 # both load libtorch; onnxruntime needs none of it. Under QEMU, .pte and .ptl run natively
 # (edgeq.qemu.native), one runtime per program.
@@ -368,7 +417,8 @@ PROCESS_GROUPS = (("onnx",), ("pte", "ptl"))
 NATIVE_GROUPS = (("onnx",), ("pte",), ("ptl",))
 
 
-def _run_all(artifacts: list[Artifact], session: Session, done: Callable[[Artifact, TargetRun], None]) -> None:
+def _run_all(artifacts: list[Artifact], session: Session, done: Callable[[Artifact, TargetRun], None],
+             inputs: str = "", runs: int | None = None) -> None:
     """One runner process per runtime group, the groups side by side (each is single-threaded by
     default). When a process dies, the artifacts it left undone run again one per process, so a crash
     or hang loses only the artifact that caused it."""
@@ -377,11 +427,11 @@ def _run_all(artifacts: list[Artifact], session: Session, done: Callable[[Artifa
     groups = [g for g in groups if g]
 
     def run_group(group: list[Artifact]) -> None:
-        finished = _on_target(group, session, done)
+        finished = _on_target(group, session, done, inputs, runs)
         if len(group) > 1:
             for a in group:
                 if a.key not in finished:
-                    _on_target([a], session, done)
+                    _on_target([a], session, done, inputs, runs)
 
     workers = max(1, min(len(groups), (os.cpu_count() or 1) // max(1, session.options.threads)))
     with ThreadPoolExecutor(workers) as pool:
@@ -394,13 +444,14 @@ def _stem(a: Artifact) -> str:
 
 
 def _on_target(group: list[Artifact], session: Session, done: Callable[[Artifact, TargetRun], None],
-               inputs: str = "") -> set[str]:
+               inputs: str = "", runs: int | None = None) -> set[str]:
     """Run `group` in one runner process on the reference inputs in the scratch folder (`inputs`: "" for
-    the first few, "_all" for every one); report each artifact that finished (or, when the process was
-    alone with its artifact, how it failed). Returns the keys reported."""
+    the first few, "_all" for every one, "_at<length>" at another length), timed over `runs` (default:
+    the options'); report each artifact that finished (or, when the process was alone with its
+    artifact, how it failed). Returns the keys reported."""
     options, spec = session.options, session.spec
     name = _stem(group[0]) if len(group) == 1 else "+".join(_stem(a) for a in group)
-    job = _job(group, session, name, options.runs, counting=False, inputs=inputs)
+    job = _job(group, session, name, options.runs if runs is None else runs, counting=False, inputs=inputs)
     started = time.perf_counter()
     proc = _run_runner(job, session.work / f"{name}.job.json", session, options.threads,
                        timeout=options.timeout * len(group))
@@ -422,9 +473,11 @@ def _on_target(group: list[Artifact], session: Session, done: Callable[[Artifact
             result.runner = seen.get("runner")
             result.load_s = round(seen["load_s"], 4)
             result.peak_rss_mb = round(seen["peak_rss_mb"], 1)  # under QEMU: the emulator's, buffers included
-            result.latency_ms = Latency(median=float(np.median(latencies)), p90=float(np.percentile(latencies, 90)),
-                                        trimmed_mean=_trimmed_mean(latencies), runs=len(latencies),
-                                        warmup=options.warmup, measured=label)
+            if len(latencies):
+                result.latency_ms = Latency(median=float(np.median(latencies)),
+                                            p90=float(np.percentile(latencies, 90)),
+                                            trimmed_mean=_trimmed_mean(latencies), runs=len(latencies),
+                                            warmup=options.warmup, measured=label)
             result.wall_s = round(time.perf_counter() - started, 2)  # the process's, shared by its artifacts
         done(a, result)
         reported.add(a.key)
@@ -470,7 +523,7 @@ def _job(group: list[Artifact], session: Session, stem: str, runs: int, counting
                 "outputs": None if counting else str(work / f"{_stem(a)}.out.npz"),
                 "result": str(work / f"{stem if counting else _stem(a)}.result.json")} for a in group]
     return {"artifacts": entries, "engine": session.engine, "threads": 1 if counting else options.threads,
-            "inputs": [str(work / f"input{i}{inputs}.npy") for i in range(session.inputs)], "warmup": 1 if counting else options.warmup, "runs": runs,
+            "inputs": [str(work / f"input{i}{inputs}.npy") for i in range(session.inputs)], "warmup": 1 if counting else options.warmup if runs else 0, "runs": runs,
             "parent_pid": os.getpid()}  # the runner exits when edgeq is gone
 
 

@@ -45,6 +45,38 @@ def tagger_data(n: int, seed: int = 0) -> dict:
     return {"tokens": tokens.numpy(), "mask": mask.numpy()}
 
 
+LONGEST = 16  # the Encoder's bound on its dynamic length
+
+
+class Encoder(nn.Module):
+    """The Tagger without recurrence, and of any length up to LONGEST tokens (its dynamic length):
+    token ids and a padding mask in; an embedding with learned positions, self-attention, a
+    feed-forward layer; per-token tag scores and a pooled vector out."""
+
+    dynamic_axes = {"tokens": {1: LONGEST}, "mask": {1: LONGEST}}
+
+    def __init__(self, dim: int = 32, tags: int = 5) -> None:
+        super().__init__()
+        self.embed, self.position = nn.Embedding(VOCAB, dim), nn.Embedding(LONGEST, dim)
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, tags)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.embed(tokens) + self.position(torch.arange(tokens.shape[1]))
+        x = x + self.attn(x, x, x, key_padding_mask=~mask, need_weights=False)[0]
+        x = x + self.ffn(x)
+        keep = mask.unsqueeze(-1).to(x.dtype)
+        return {"tags": self.head(x), "pooled": (x * keep).sum(1) / keep.sum(1)}
+
+    example_inputs = staticmethod(Tagger.example_inputs)
+
+
+def encoder() -> Encoder:
+    torch.manual_seed(0)
+    return Encoder().eval()
+
+
 FRAMES, FEATURES, ENERGY = 8, 20, 3e4
 
 
@@ -85,3 +117,24 @@ def raw_features_data(n: int, seed: int = 0) -> dict:
     features = torch.randn(n, FRAMES, FEATURES, generator=g)
     features[..., 0] = ENERGY * (1 + torch.rand(n, FRAMES, generator=g))
     return {"features": features.numpy()}
+
+
+class FixedLength(Encoder):
+    """An Encoder that declares a dynamic length but fixes it: its tag scores are viewed as TOKENS
+    positions."""
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(tokens, mask)
+        return {"tags": out["tags"].view(len(tokens), TOKENS, -1), "pooled": out["pooled"]}
+
+
+def fixed_length() -> FixedLength:
+    torch.manual_seed(0)
+    return FixedLength().eval()
+
+
+def tagger_any_length() -> Tagger:
+    """The Tagger (an nn.LSTM) declaring a dynamic length."""
+    model = tagger()
+    model.dynamic_axes = {"tokens": {1: LONGEST}, "mask": {1: LONGEST}}
+    return model

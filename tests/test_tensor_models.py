@@ -16,10 +16,11 @@ import torch
 import edgeq
 from edgeq import runner
 from conftest import assert_nothing_written, assert_user_error, run_cli
-from tests.tensor_models import TOKENS, VOCAB, raw_features_data, tagger_data
+from tests.tensor_models import LONGEST, TOKENS, VOCAB, raw_features_data, tagger_data
 
 MODEL = f"{Path(__file__).parent / 'tensor_models.py'}:tagger"
 RAW_FEATURES = f"{Path(__file__).parent / 'tensor_models.py'}:raw_features"
+ENCODER = f"{Path(__file__).parent / 'tensor_models.py'}:encoder"
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_a_pretrained_sentence_encoder_keeps_its_embeddings_in_every_int8_format
                      "--eval-data", str(tmp_path / "sentences.npz"), "--no-validate", "--out", str(out), "--json")
     assert result.exit_code == 0, result.output[-3000:]
     manifest = json.loads(result.stdout)
-    assert manifest["model"]["inputs"] == ["tokens: int64[N, 32]", "mask: int64[N, 32]"]
+    assert manifest["model"]["inputs"] == ["tokens: int64[N, ≤128]", "mask: int64[N, ≤128]"]
     float_bytes = 4 * sum(p.numel() for p in model.parameters())  # the fp32 files are this within 1%
     details = {}
     for a in manifest["artifacts"]:
@@ -226,8 +227,12 @@ def test_a_pretrained_sentence_encoder_keeps_its_embeddings_in_every_int8_format
         assert check["passed"] and check["samples"] == 100 and check["top1_agreement"] is None, a
         assert o["cosine_mean"] >= 0.99 and o["cosine_min"] >= 0.95, (a["format"], o)
         assert a["bytes"] <= 0.35 * float_bytes, (a["format"], a["bytes"] / float_bytes)
+        # any length up to its bound: [CLS] alone, and 128 slots (the sentences repeated)
+        assert [(at["length"], at["samples"], at["passed"]) for at in check["lengths"]] == [(1, 8, True), (128, 8, True)]
+        assert all(at["cosine_min"] >= 0.95 for at in check["lengths"]), check["lengths"]
         details[a["format"]] = a["details"]
-        print(a["format"], round(a["bytes"] / float_bytes, 3), round(o["cosine_mean"], 4), round(o["cosine_min"], 4))
+        print(a["format"], round(a["bytes"] / float_bytes, 3), round(o["cosine_mean"], 4), round(o["cosine_min"], 4),
+              [(at["length"], round(at["sqnr_db"], 1), round(at["cosine_min"], 4)) for at in check["lengths"]])
     tables = ["word_embeddings", "position_embeddings"]
     assert details["pte"]["int8_embeddings"] == tables and "word_embeddings" in details["onnx"]["int8_embeddings"]
     linears = [f"layers.{i}.{n}" for i in range(6) for n in ("query", "key", "value", "attention_out", "intermediate",
@@ -243,7 +248,10 @@ def test_a_pretrained_sentence_encoder_keeps_its_embeddings_in_every_int8_format
     for key, arm64 in runs.items():
         assert arm64["passed"] and arm64["where"] == "emulated", (key, arm64)
         assert arm64["check"]["samples"] == 12 and arm64["check"]["outputs"][0]["cosine_min"] >= 0.95, arm64["check"]
-        print(key, arm64["host_parity"]["passed"], round(arm64["check"]["outputs"][0]["cosine_mean"], 4))
+        assert [(at["length"], at["samples"], at["passed"]) for at in arm64["lengths"]] == [(1, 8, True), (128, 8, True)]
+        print(key, arm64["host_parity"]["passed"], round(arm64["check"]["outputs"][0]["cosine_mean"], 4),
+              [(at["length"], round(at["sqnr_db"], 1), round(at["cosine_min"], 4), at["same_as_host"])
+               for at in arm64["lengths"]])
 
 
 @pytest.mark.slow
@@ -327,6 +335,49 @@ def test_static_and_hybrid_int8_of_a_model_of_tensors_on_host_and_arm64(tmp_path
         assert all(o["cosine_min"] > 0.99 for o in check["outputs"]), check["outputs"]
         arm64 = a["targets"]["arm64"]
         assert arm64["passed"] and arm64["where"] == "emulated", (a["format"], arm64)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_a_dynamic_length_runs_at_every_length_up_to_its_bound_in_every_format(tmp_path, tagger_npz,
+                                                                            emulated_target):
+    """The Encoder declares one dynamic length (tokens and mask, up to LONGEST): every artifact, fp32
+    and static int8, runs the data's length on the host, and also length 1 and the bound there and on
+    emulated arm64 (the .pte's planned memory at its bound; the .onnx's symbolic dimension; the
+    .ptl's trace), against the float model at each length."""
+    out = tmp_path / "dist"
+    result = run_cli("export", "--model", ENCODER, "--method", "static", "--calib-data", str(tagger_npz), "--runs", "2",
+                     "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["model"]["inputs"] == [f"tokens: int64[N, ≤{LONGEST}]", f"mask: bool[N, ≤{LONGEST}]"]
+    assert manifest["reference"]["lengths"] == [1, LONGEST]
+    for a in manifest["artifacts"]:
+        for where, run in (("host", a["host_check"]), ("arm64", a["targets"]["arm64"])):
+            assert run["passed"], (a["precision"], a["format"], where, run)
+            assert [(at["length"], at["passed"]) for at in run["lengths"]] == [(1, True), (LONGEST, True)], run
+            assert all(at["cosine_min"] > 0.99 for at in run["lengths"]), run["lengths"]
+        assert all(at["same_as_host"] for at in a["targets"]["arm64"]["lengths"]), a["targets"]["arm64"]["lengths"]
+    onnx = __import__("onnx").load(str(out / "model_int8.onnx"))
+    assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.graph.input] == \
+        [["batch", "length"]] * 2
+    with np.load(out / "reference.npz", allow_pickle=False) as ref:
+        n = min(8, manifest["data"]["check"]["images"])  # the first check samples, at most 8
+        assert ref[f"at{LONGEST}.input.tokens"].shape == (n, LONGEST) and ref["at1.host_int8_pte.pooled"].shape == (n, 32)
+    assert f"{LONGEST} ok" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("factory, needles", [
+    ("fixed_length", ("cannot keep the model's dynamic length variable from 1 to 16",
+                      "a step of the model fixes it at 6", "drop dynamic_axes")),
+    ("tagger_any_length", ("lstm (LSTM) runs over the model's dynamic length",
+                           "int8 writes recurrent layers one step at a time", "export a step model")),
+])
+def test_a_dynamic_length_the_model_or_int8_cannot_keep_is_one_line(tmp_path, tagger_npz, factory, needles):
+    result = run_cli("export", "--model", f"{Path(__file__).parent / 'tensor_models.py'}:{factory}", "--method",
+                     "dynamic", "--calib-data", str(tagger_npz), "--no-validate", "--out", str(tmp_path / "dist"), "-q")
+    assert_user_error(result, *needles)
+    assert_nothing_written(tmp_path)
 
 
 def test_static_int8_output_budget_finds_the_damaging_layer(tmp_path):

@@ -103,3 +103,32 @@ def test_a_signature_that_does_not_fit_forward_is_refused():
         signature_of(Tagger(), Tagger.example_inputs(), "t", {"lengths": {1: 4}})
     with pytest.raises(EdgeqError, match="dynamic axis 1 of tokens"):
         signature_of(Tagger(), Tagger.example_inputs(), "t", {"tokens": {1: 4}})
+    with pytest.raises(EdgeqError, match=r"dynamic axes must be one length.*12 \(≤16\), 12 \(≤32\)"):
+        signature_of(Tagger(), Tagger.example_inputs(), "t", {"tokens": {1: 32}, "mask": {1: 16}})
+    short = (torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1), torch.zeros(1, 8))
+    with pytest.raises(EdgeqError, match="the example's dynamic length is 1, which torch.export fixes"):
+        signature_of(Tagger(), short, "t", {"tokens": {1: 32}, "mask": {1: 32}})
+
+
+def test_a_dynamic_length_is_checked_cut_and_repeated_on_every_input_that_has_it():
+    arrays = _good(n=2, length=5)
+    x = tuple(arrays.values())
+    assert SIGNATURE.max_length == 32 and SIGNATURE.data_length(x) == 5
+    assert SIGNATURE.lengths_checked(5) == [1, 32] and SIGNATURE.lengths_checked(32) == [1]
+    short, long = SIGNATURE.at_length(x, 2), SIGNATURE.at_length(x, 12)
+    assert short[0].shape == (2, 2) and (short[0] == x[0][:, :2]).all() and (short[2] == x[2]).all()
+    assert long[1].shape == (2, 12) and (long[0][:, 5:10] == x[0]).all() and long[2].shape == (2, 8)
+    fixed = signature_of(Tagger(), Tagger.example_inputs(), "t")
+    assert fixed.max_length is None and fixed.lengths_checked(12) == []
+
+
+def test_an_example_gives_torch_export_one_length_shared_by_its_inputs():
+    from edgeq.tensors import Example
+
+    example = Example(Tagger.example_inputs(), tuple(s.dynamic for s in SIGNATURE.inputs))
+    batch = torch.export.Dim("batch", min=1, max=8)
+    tokens, mask, state = example.dynamic_shapes(batch)
+    assert tokens[1] is mask[1] and tokens[0] is batch and state == {0: batch}
+    assert Example(Tagger.example_inputs()).dynamic_shapes() is None
+    program = torch.export.export(Tagger().eval(), tuple(example), dynamic_shapes=example.dynamic_shapes())
+    assert program.module()(torch.zeros(1, 30, dtype=torch.long), torch.ones(1, 30), torch.zeros(1, 8)).shape == (1, 8)

@@ -15,7 +15,7 @@ from edgeq.targets import Thresholds, load_target
 from edgeq import schema
 from edgeq.config import ValidateConfig
 from edgeq.placement import measured, placement
-from edgeq.validate import accuracy, compare, parity, sqnr_db, top1_agreement, validate
+from edgeq.validate import accuracy, compare, length_check, parity, sqnr_db, top1_agreement, validate
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 
@@ -263,3 +263,22 @@ def test_outputs_unlike_the_hosts_are_judged_on_every_reference_input(small_expo
     assert pte.passed == pte.check.passed is True  # the artifact itself is fine
     assert onnx.host_parity.passed and onnx.host_parity.identical == onnx.host_parity.samples == 32
     assert onnx.passed and onnx.gates[1:] == Manifest.load(dist).artifact("onnx", "int8").host_check.gates
+
+
+def test_an_artifact_at_another_length_is_held_to_its_noise_and_direction_or_fails_to_run():
+    rng = np.random.default_rng(0)
+    expected = [rng.normal(size=(4, 7, 5)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)]
+    limits = load_target("arm64").thresholds
+    close = [y + 0.01 * rng.normal(size=y.shape).astype(np.float32) for y in expected]
+    at, gate = length_check(7, ("tags", "pooled"), expected, close, None, "int8", limits, "dynamic")
+    assert at.passed and at.length == 7 and at.samples == 4 and 30 < at.sqnr_db < 50 and at.cosine_min > 0.99
+    assert gate.startswith("at length 7 (4 samples): sqnr_db >= ") and "pooled: cosine_min >= 0.95" in gate
+    flipped = [close[0], -close[1]]  # one output pointing the other way
+    at, _ = length_check(7, ("tags", "pooled"), expected, flipped, None, "int8", limits, "dynamic")
+    assert at.passed is False and at.cosine_min < 0
+    at, _ = length_check(7, ("tags", "pooled"), expected, close, None, "fp32", limits, "dynamic")
+    assert at.passed is False  # fp32 is held to 40 dB
+    at, gate = length_check(7, ("tags", "pooled"), expected, None, "RuntimeError: size 7 > 6", "int8", limits, "dynamic")
+    assert at.passed is False and at.error == "RuntimeError: size 7 > 6" and gate == "runs at length 7"
+    at, _ = length_check(7, ("tags", "pooled"), expected, [close[0][:, :6], close[1]], None, "int8", limits, "dynamic")
+    assert at.passed is False and at.error == "outputs of another number or shape"

@@ -50,7 +50,7 @@ def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, quanti
     names = ["input"] if image else list(input_names) if input_names else None
     try:
         with quiet():
-            onnx_program = torch.onnx.export(program, as_example(spec), dynamo=True, verbose=False,
+            onnx_program = torch.onnx.export(program, tuple(as_example(spec)), dynamo=True, verbose=False,
                                              input_names=names, output_names=["logits"] if image else None)
     except Exception as e:  # noqa: BLE001 - the exporter wraps the real cause; export_failure digs it out
         raise export_failure("the ONNX exporter", e, program) from None
@@ -327,13 +327,15 @@ def gemms_as_matmuls(proto: onnx.ModelProto) -> int:
 
 
 def name_batch_dimension(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The exporter names the dynamic batch dimension after a symbol (s31, …): call it "batch"."""
+    """The exporter names dynamic dimensions after symbols (s31, …): call the batch "batch" and a model's
+    dynamic length (edgeq.tensors.Example) "length"."""
     dims = [d for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info)
             for d in value.type.tensor_type.shape.dim]
-    symbol = next((d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim[:1] if d.dim_param), None)
+    names = {d.dim_param: "batch" if i == 0 else "length" for value in proto.graph.input
+             for i, d in enumerate(value.type.tensor_type.shape.dim) if d.dim_param}
     for d in dims:
-        if symbol and d.dim_param == symbol:
-            d.dim_param = "batch"
+        if d.dim_param in names:
+            d.dim_param = names[d.dim_param]
     return proto
 
 

@@ -34,7 +34,7 @@ def export(model: nn.Module, spec: tuple[int, ...] | Example, path: Path, backen
         if not isinstance(out, (torch.Tensor, tuple)):  # a dict or list: as one tuple, the order every format has
             model = FlatOutputs(model).eval()
         try:
-            traced = torch.jit.trace(model, example)
+            traced = torch.jit.trace(model, tuple(example))
         except Exception as e:  # noqa: BLE001 - tracing errors come in many types
             raise EdgeqError(f"TorchScript tracing failed for .ptl ({type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}): "

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import warnings
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,9 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.fx import GraphModule
 
-from edgeq.errors import EdgeqError
+from edgeq.errors import EdgeqError, first_line
 from edgeq.graph import export_failure
 from edgeq.runner import quantized_engine
+from edgeq.tensors import Example
 from edgeq.config import QuantRecipe
 from edgeq.quantize.fold import fold_batchnorm, trace
 from edgeq.quantize.observers import WEIGHT_QMAX, WEIGHT_QMIN, activation_observer
@@ -49,29 +51,36 @@ def quiet() -> Iterator[None]:
         yield
 
 
-Example = tuple[torch.Tensor, ...]  # a model's example inputs, batch 1
 
 
 def as_example(spec: tuple[int, ...] | Example) -> Example:
     """The example inputs themselves, or, for an image model, its input shape: one float tensor."""
     if all(isinstance(d, int) for d in spec):
-        return (torch.zeros(tuple(spec)),)
-    return tuple(spec)
+        return Example((torch.zeros(tuple(spec)),))
+    return spec if isinstance(spec, Example) else Example(spec)
 
 
 def export_graph(model: nn.Module, spec: tuple[int, ...] | Example, dynamic_batch: bool = False) -> torch.export.ExportedProgram:
-    """torch.export the model at its example inputs (or input shape); with `dynamic_batch` the first
-    axis of every input is one dynamic batch dimension, so calibration and checks can batch."""
+    """torch.export the model at its example inputs (or input shape), their dynamic length (if declared)
+    kept dynamic; with `dynamic_batch` the first axis of every input is one dynamic batch dimension,
+    so calibration and checks can batch."""
     example = as_example(spec)
-    dynamic = None
+    batch = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        example = tuple(torch.cat([t, t]) for t in example)  # batch 2: a size-1 axis would be specialised
-        dynamic = tuple({0: batch} for _ in example)
+        # batch 2: a size-1 axis would be specialised
+        example = Example(tuple(torch.cat([t, t]) for t in example), example.lengths)
+    dynamic = example.dynamic_shapes(batch)
     try:
         with quiet():
-            return torch.export.export(model, example, dynamic_shapes=dynamic)
+            return torch.export.export(model, tuple(example), dynamic_shapes=dynamic)  # a plain tuple for pytree
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; all mean "cannot trace"
+        if example.max_length and ("Constraints violated" in str(e) or "data-dependent" in str(e)):
+            fixed = re.search(r"specialized it to be a constant \((\d+)\)", str(e))
+            why = f"a step of the model fixes it at {fixed[1]}" if fixed else first_line(e)
+            raise EdgeqError(f"torch.export cannot keep the model's dynamic length variable from 1 to {example.max_length} "
+                             f"({why}): write the model so no step fixes the length (a reshape to a constant, "
+                             "a loop over it), or drop dynamic_axes") from None
         raise export_failure("torch.export", e, None) from None
 
 
@@ -158,18 +167,43 @@ def quantize_static(flow: str, model: nn.Module, input_shape: tuple[int, ...], r
                     calibration: Calibration) -> nn.Module:
     """Post-training static quantization: prepare → calibrate on representative batches → convert."""
     prepared = prepare(flow, model, input_shape, recipe)
+    calibrate(prepared, calibration, flow)
+    return convert(flow, prepared, recipe)
+
+
+def calibrate(prepared: nn.Module, calibration: Callable[[], Iterator[np.ndarray | tuple[np.ndarray, ...]]],
+              label: str) -> None:
+    """Run the calibration batches (an image batch, or every input of a batch of tensors) through a
+    prepared model, whose observers record their ranges. A failure here is the user's model on the
+    user's data."""
     with torch.no_grad():
         for batch in calibration():
-            prepared(torch.from_numpy(batch))
-    return convert(flow, prepared, recipe)
+            try:
+                prepared(*map(torch.from_numpy, batch if isinstance(batch, tuple) else (batch,)))
+            except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
+                raise EdgeqError(f"the model failed on a batch of --calib-data while calibrating ({label}; "
+                                 f"{type(e).__name__}: {first_line(e)}): fix the model or the data") from None
+
+
+def static_qconfig(recipe: QuantRecipe) -> Any:
+    """torch.ao's static QConfig for the recipe: the backend's default, per-channel weights unless the
+    recipe says per-tensor, weights rounded as every format rounds them (observers.py), activations
+    observed by the recipe's calibration method."""
+    from torch.ao.quantization import QConfig, get_default_qconfig
+    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
+
+    default = get_default_qconfig(recipe.backend)
+    weight = default_per_channel_weight_observer if recipe.per_channel else default.weight
+    return QConfig(activation=activation_observer(HistogramObserver, MinMaxObserver, recipe.calibration,
+                                                  recipe.percentile, **default.activation.p.keywords),
+                   weight=weight.with_args(quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX))
 
 
 def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRecipe, qat: bool) -> nn.Module:
     """FX graph mode with the backend's (QAT) qconfig, per-channel weights by default."""
     from torch.ao.quantization import (QConfig, get_default_qat_qconfig, get_default_qat_qconfig_mapping,
-                                       get_default_qconfig, get_default_qconfig_mapping)
+                                       get_default_qconfig_mapping)
     from torch.ao.quantization.fake_quantize import default_per_channel_weight_fake_quant
-    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
     from edgeq.quantize.patterns import fx_backend_config
@@ -177,15 +211,12 @@ def _prepare_fx(model: nn.Module, input_shape: tuple[int, ...], recipe: QuantRec
     if not recipe.per_channel and recipe.backend == "x86":
         raise EdgeqError("the x86 qconfig only has per-channel weights: drop --per-tensor or use --backend qnnpack")
     with quiet():
-        qconfig = (get_default_qat_qconfig if qat else get_default_qconfig)(recipe.backend)
-        if recipe.per_channel:  # qnnpack's default is per-tensor; its kernels also take per-channel
-            weight = default_per_channel_weight_fake_quant if qat else default_per_channel_weight_observer
-            qconfig = QConfig(activation=qconfig.activation, weight=weight)
-        if not qat:  # every format rounds weights alike (see observers.py); the recipe's calibration
-            weight = qconfig.weight.with_args(quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX)
-            activation = activation_observer(HistogramObserver, MinMaxObserver, recipe.calibration,
-                                             recipe.percentile, **qconfig.activation.p.keywords)
-            qconfig = QConfig(activation=activation, weight=weight)
+        if qat:
+            qconfig = get_default_qat_qconfig(recipe.backend)
+            if recipe.per_channel:  # qnnpack's default is per-tensor; its kernels also take per-channel
+                qconfig = QConfig(activation=qconfig.activation, weight=default_per_channel_weight_fake_quant)
+        else:
+            qconfig = static_qconfig(recipe)
         # The backend's mapping keeps its fixed-qparams configs (sigmoid, hardsigmoid, …).
         mapping = (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(recipe.backend)
         mapping = mapping.set_global(qconfig)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from edgeq.config import QuantRecipe
-from edgeq.errors import EdgeqError, first_line
-from edgeq.quantize import Example, export_graph, pt2e_quantizer, quiet
+from edgeq.errors import EdgeqError
+from edgeq.quantize import Example, calibrate, export_graph, pt2e_quantizer, quiet, static_qconfig
 from edgeq.quantize import embedding
 from edgeq.quantize.dynamic import float_linears
 from edgeq.quantize.patterns import share_through_unsqueeze
@@ -45,16 +45,6 @@ def weighted_layers(model: nn.Module, units: tuple[str, ...]) -> list[str]:
     modules = dict(model.named_modules())
     convs = [u for u in units if isinstance(modules.get(u), CONVS)]
     return convs + float_linears(model, tuple(u for u in units if u not in convs))
-
-
-def _calibrate(model: nn.Module, calibration: Batches, label: str) -> None:
-    with torch.no_grad():
-        for batch in calibration():
-            try:
-                model(*map(torch.from_numpy, batch))
-            except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
-                raise EdgeqError(f"the model failed on a batch of --calib-data while calibrating ({label}; "
-                                 f"{type(e).__name__}: {first_line(e)}): fix the model or the data") from None
 
 
 def quantize_pt2e(model: nn.Module, example: Example, recipe: QuantRecipe, calibration: Batches) -> nn.Module:
@@ -89,19 +79,16 @@ def quantize_pt2e(model: nn.Module, example: Example, recipe: QuantRecipe, calib
     graph = export_graph(linear, example, dynamic_batch=True).module()
     with quiet(), fast_pattern_rewrites():
         prepared = prepare_pt2e(graph, quantizer)
-        _calibrate(prepared, calibration, "PT2E XNNPACK")
+        calibrate(prepared, calibration, "PT2E XNNPACK")
         return convert_pt2e(prepared)
 
 
 def quantize_eager(model: nn.Module, recipe: QuantRecipe, calibration: Batches) -> nn.Module:
     """The .ptl's int8 model: torch.ao eager static per Linear/Conv (QuantWrapper), hybrid layers
     dynamic, int8 embedding tables; weights packed for the recipe's backend."""
-    from torch.ao.quantization import QConfig, QuantWrapper, convert, get_default_qconfig, prepare, quantize_dynamic
-    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
+    from torch.ao.quantization import QuantWrapper, convert, prepare, quantize_dynamic
     from torch.ao.quantization.qconfig import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
                                                per_channel_dynamic_qconfig)
-
-    from edgeq.quantize.observers import WEIGHT_QMAX, WEIGHT_QMIN, activation_observer
 
     backend = recipe.backend
     model, _ = as_linear(model.eval(), recurrent=True, attention=True)
@@ -110,18 +97,14 @@ def quantize_eager(model: nn.Module, recipe: QuantRecipe, calibration: Batches) 
     static = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, *CONVS))
               and name not in keep and name not in dynamic]
     with quiet(), quantized_engine(backend):
-        default = get_default_qconfig(backend)
-        weight = default_per_channel_weight_observer if recipe.per_channel else default.weight
-        qconfig = QConfig(activation=activation_observer(HistogramObserver, MinMaxObserver, recipe.calibration,
-                                                         recipe.percentile, **default.activation.p.keywords),
-                          weight=weight.with_args(quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX))
+        qconfig = static_qconfig(recipe)
         for name in static:
             parent, _, child = name.rpartition(".")
             wrapper = QuantWrapper(model.get_submodule(name))
             wrapper.qconfig = qconfig
             setattr(model.get_submodule(parent) if parent else model, child, wrapper)
         prepare(model, inplace=True)
-        _calibrate(model, calibration, f"torch.ao eager, {backend}")
+        calibrate(model, calibration, f"torch.ao eager, {backend}")
         convert(model, inplace=True)
         spec: dict = {name: per_channel_dynamic_qconfig if recipe.per_channel else default_dynamic_qconfig
                       for name in dynamic}

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 TOKENS = 32  # token slots: [CLS] + up to 30 word pieces + [SEP]
+LONGEST = 128  # the exported model takes any number of token slots up to this (its dynamic length)
 HIDDEN, HEADS, LAYERS, FFN, VOCAB = 384, 12, 6, 1536, 30522
 
 
@@ -68,6 +69,8 @@ class MiniLM(nn.Module):
             x = layer(x, bias)
         pooled = (x * weight[:, :, None]).sum(1) / weight.sum(1, keepdim=True).clamp(min=1.0)
         return F.normalize(pooled, dim=-1)
+
+    dynamic_axes = {"tokens": {1: LONGEST}, "mask": {1: LONGEST}}
 
     @staticmethod
     def example_inputs() -> tuple[torch.Tensor, torch.Tensor]:
