@@ -162,6 +162,9 @@ def export(out: str | Path, config: ExportConfig | None = None, *, progress: boo
     loaded = load_model(config.model, config.weights, config.input_shape)
     if loaded.signature is not None:
         _check_tensor_export(config, loaded)
+    if config.budget.on_outputs and loaded.signature is None:
+        raise EdgeqError("--min-cosine and --min-sqnr budget the outputs of a model of tensors (example_inputs()); "
+                         "an image classifier's budget is --max-agreement-drop or --max-accuracy-drop")
     if recipe.dynamic_layers and (loaded.signature is None or config.method != "static"):
         raise EdgeqError("--dynamic-layers makes static int8 of a model of tensors (example_inputs()) hybrid: pass "
                          "it with --method static on such a model, or drop it")
@@ -290,16 +293,20 @@ def _float_model_runs_on(job: Job, check: CheckSet) -> list[np.ndarray]:
     """The float model on every check sample, a chunk at a time, before any export: a failure is the
     user's model or data (a token id outside the embedding table, a shape it cannot take). Returns
     its outputs (one array per output)."""
-    chunks = []
-    for start in range(0, len(check.indices), CHECK_CHUNK):
-        x = check.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK])
-        try:
-            with torch.no_grad():
-                chunks.append([t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, x)))])
-        except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
-            raise EdgeqError(f"{job.loaded.source} failed on {check.images.description} ({type(e).__name__}: "
-                             f"{first_line(e)}): fix the model or the data") from None
+    chunks = [_float_outputs(job, check.batch(job.preprocess, check.indices[start:start + CHECK_CHUNK]),
+                             f"on {check.images.description}", "fix the model or the data")
+              for start in range(0, len(check.indices), CHECK_CHUNK)]
     return [np.concatenate(c) for c in zip(*chunks)]
+
+
+def _float_outputs(job: Job, inputs: tuple[np.ndarray, ...], where: str, fix: str) -> list[np.ndarray]:
+    """The float model's outputs on a batch of the user's inputs; its failure is the user's model or
+    data, said in one line (`where` it failed, the `fix`)."""
+    try:
+        with torch.no_grad():
+            return [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, inputs)))]
+    except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
+        raise EdgeqError(f"{job.loaded.source} failed {where} ({type(e).__name__}: {first_line(e)}): {fix}") from None
 
 
 def _tensor_plan(job: Job, prepared: Prepared, quantize: Callable[[tuple[str, ...]], torch.nn.Module]) -> None:
@@ -319,9 +326,6 @@ def _output_plan(job: Job, check: CheckSet, expected: list[np.ndarray],
     """The float units that keep every output within --min-cosine / --min-sqnr (output_budget), on
     the check samples (at most SEARCH_BYTES of inputs)."""
     loaded = job.loaded
-    if loaded.signature is None:
-        raise EdgeqError("--min-cosine and --min-sqnr budget the outputs of a model of tensors (example_inputs()); "
-                         "an image classifier's budget is --max-agreement-drop with --method static")
     n = check.within(job.preprocess, SEARCH_BYTES)
     inputs = check.batch(job.preprocess, list(check.indices)[:n])
     t0 = time.perf_counter()
@@ -334,9 +338,6 @@ def _output_plan(job: Job, check: CheckSet, expected: list[np.ndarray],
 def _calibrate(job: Job) -> Prepared:
     """Static quantization, once per flow the formats need (FX for .ptl, PT2E xnnpack and/or x86),
     all calibrated on the same preprocessed images; the held-out check set beside them."""
-    if job.config.budget.on_outputs:
-        raise EdgeqError("--min-cosine and --min-sqnr budget the outputs of a model of tensors (example_inputs()); "
-                         "an image classifier's budget is --max-agreement-drop or --max-accuracy-drop")
     images = _open_data(job.config.data.calib or FASHION_MNIST, "--calib-data", job.loaded, "train")
     indices, check = _split(images, job)
     prepared = Prepared(Quantized(), check, images, {"calibration": ImagesUsed(**images.info(len(indices)))})
@@ -523,7 +524,7 @@ def _export_all(job: Job, prepared: Prepared, stage: Path) -> tuple[list[Artifac
     numerics go last, beside the longest lowering (a .pte)."""
     todo = [(precision, fmt) for precision in job.config.precisions for fmt in job.config.formats]
     # per-layer numerics: of the PT2E graph for static and QAT int8 of an image model; by unit, on the
-    # per unit, on the eager model, for models of tensors
+    # eager model, for dynamic int8 and for models of tensors
     flow = None if "int8" not in job.config.precisions else \
         "eager" if job.config.method == "dynamic" or job.loaded.signature is not None else \
         next((f for f in ("xnnpack", "x86") if f in prepared.quantized.models), None)
@@ -655,18 +656,19 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Pat
     where a stage ran it already). Returns the float model's accuracy and outputs, and each
     artifact's outputs (a list: one array per output)."""
     host_kernels = job.target.arch == platform.machine()
+    run_time_int8 = job.config.method == "dynamic" or bool(job.recipe.dynamic_layers)  # no QDQ form
     for a in artifacts:
         if a.format == "onnx" and a.precision == "int8":
             a.details["host_check_kernels"] = "this host's (the target's architecture)" if host_kernels else \
                 f"this host's {platform.machine()} integer kernels: a dynamic graph has no QDQ form to run as " \
                 f"written; {job.target.arch}'s own outputs are judged by edgeq validate" \
-                if job.config.method == "dynamic" or job.recipe.dynamic_layers else \
+                if run_time_int8 else \
                 f"QDQ as written (onnxruntime basic optimizations): {job.target.arch} kernels are not this host's"
     # A dynamic .onnx runs onnxruntime's fused int8 kernels here; an x86 CPU without VNNI clips their
     # products (measured: 12.6 dB here, 35.8 dB for the same file on arm64), so a failure here is not
     # the artifact's.
     unjudged = {a.key for a in artifacts if a.format == "onnx" and a.precision == "int8" and not host_kernels
-                and (job.config.method == "dynamic" or job.recipe.dynamic_layers)
+                and run_time_int8
                 and runner.int8_products_saturate(platform.machine(), runner.cpu_model()[1])}
     runners: dict[str, runner.Runner] = {}  # loaded once per process, on its first chunk
 
@@ -681,8 +683,7 @@ def _host_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: Pat
         if float_outputs is not None:
             expected = [y[start:start + CHECK_CHUNK] for y in float_outputs]
         else:
-            with torch.no_grad():
-                expected = [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, x)))]
+            expected = _float_outputs(job, x, f"on {check.images.description}", "fix the model or the data")
         return expected, {key: run(list(x)) for key, run in runners.items()}
 
     threads = torch.get_num_threads()
@@ -749,12 +750,8 @@ def _length_check(job: Job, check: CheckSet, artifacts: list[Artifact], stage: P
     found: dict[int, AtLength] = {}
     for length in lengths:
         inputs = signature.at_length(x, length)
-        try:
-            with torch.no_grad():
-                expected = [t.numpy() for t in flat_outputs(job.loaded.module(*map(torch.from_numpy, inputs)))]
-        except Exception as e:  # noqa: BLE001 - the user's model, at a length its dynamic_axes allow
-            raise EdgeqError(f"{job.loaded.source} failed at length {length}, which its dynamic_axes allow "
-                             f"({type(e).__name__}: {first_line(e)}): fix the model or lower the bound") from None
+        expected = _float_outputs(job, inputs, f"at length {length}, which its dynamic_axes allow",
+                                  "fix the model or lower the bound")
         found[length] = (inputs, expected, {})
         for a in artifacts:
             try:

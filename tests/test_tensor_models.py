@@ -125,6 +125,14 @@ def test_an_npz_for_an_image_model_is_one_line(tmp_path, tagger_npz):
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("method", ["static", "dynamic"])
+def test_an_output_budget_for_an_image_model_is_one_line(tmp_path, method):
+    result = run_cli("export", "--method", method, "--min-cosine", "0.99", "--no-validate", "--out",
+                     str(tmp_path / "dist"), "-q")
+    assert_user_error(result, "budget the outputs of a model of tensors", "--max-agreement-drop or --max-accuracy-drop")
+    assert_nothing_written(tmp_path)
+
+
 def test_a_model_that_fails_on_its_own_example_or_returns_no_tensors_is_named(tmp_path):
     source = tmp_path / "models.py"
     source.write_text(
