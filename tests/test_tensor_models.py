@@ -256,7 +256,7 @@ def test_a_pretrained_sentence_encoder_keeps_its_embeddings_in_every_int8_format
     for key, arm64 in runs.items():
         assert arm64["passed"] and arm64["where"] == "emulated", (key, arm64)
         assert arm64["check"]["samples"] == 12 and arm64["check"]["outputs"][0]["cosine_min"] >= 0.95, arm64["check"]
-        assert [(at["length"], at["samples"], at["passed"]) for at in arm64["lengths"]] == [(1, 8, True), (128, 8, True)]
+        assert [(at["length"], at["samples"], at["passed"]) for at in arm64["lengths"]] == [(1, 3, True), (128, 3, True)]
         print(key, arm64["host_parity"]["passed"], round(arm64["check"]["outputs"][0]["cosine_mean"], 4),
               [(at["length"], round(at["sqnr_db"], 1), round(at["cosine_min"], 4), at["same_as_host"])
                for at in arm64["lengths"]])
