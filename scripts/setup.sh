@@ -42,6 +42,4 @@ fi
 
 [ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# --no-compile: pip byte-compiles every installed file (111 s here, on one core); Python compiles
-# the modules edgeq imports on their first import instead.
-.venv/bin/python -m pip install -q --no-compile -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test]'
